@@ -1,0 +1,258 @@
+"""Typed run configuration: dataclasses, YAML presets (``toolkit/presets/*.yaml``) and ``key=value`` overrides.
+
+A run's config is ``preset YAML`` <- ``--config FILE`` <- overrides such as ``student.epochs=3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toolkit import ToolkitError
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+# The eight configurations of METHOD.md section 5: (KD, IG overlay, attention transfer).
+CONFIGURATIONS: dict[str, tuple[bool, bool, bool]] = {
+    "Student": (False, False, False),
+    "KD": (True, False, False),
+    "IG": (False, True, False),
+    "AT": (False, False, True),
+    "KD_IG": (True, True, False),
+    "KD_AT": (True, False, True),
+    "IG_AT": (False, True, True),
+    "KD_IG_AT": (True, True, True),
+}
+
+
+def canonical_configuration(name: str) -> str:
+    """``KD+IG``, ``kd_ig`` and ``KD_IG`` all name ``KD_IG``; ``student``/``baseline`` name ``Student``."""
+    key = name.strip().replace("+", "_").replace("-", "_").upper()
+    if key in ("STUDENT", "BASELINE", "CE"):
+        return "Student"
+    if key in CONFIGURATIONS:
+        return key
+    raise ToolkitError(f"unknown configuration '{name}'; choose one of {', '.join(CONFIGURATIONS)} (or with '+')")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    """``cifar10`` (see toolkit.data.load_cifar10 for where it is found) or ``synthetic``."""
+    data_dir: str | None = None
+    download: bool = False
+    val_size: int = 5000
+    """Stratified validation hold-out taken from train; used for any model selection, never the test set."""
+    train_subset: float | int | None = None
+    """Stratified subset of the remaining train split: a fraction, a count, or null for all."""
+    test_subset: int | None = None
+    """First N test images only (smoke runs); null for the full test set."""
+    split_seed: int = 0
+    subset_seed: int = 0
+    synthetic_per_class: int = 40
+
+
+@dataclass
+class OptimConfig:
+    """One training stage (teacher fine-tune or student)."""
+
+    model: str = "resnet20"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    """``adam`` or ``sgd`` (Nesterov momentum)."""
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    """``constant``, ``onecycle`` or ``cosine`` (stepped per batch)."""
+    max_steps: int | None = None
+    """Stop each epoch after this many steps (tests of large presets); null for full epochs."""
+
+
+@dataclass
+class TeacherConfig(OptimConfig):
+    model: str = "resnet56"
+    checkpoint: str | None = None
+    """Pretrained weights to start from (relative paths are tried from the repo root too)."""
+    mode: str = "finetune"
+    """``finetune`` (train from ``checkpoint``), ``scratch`` (train from random init) or ``load`` (use as is)."""
+    epochs: int = 2
+    lr: float = 0.02
+
+
+@dataclass
+class IGConfig:
+    """Integrated gradients on the teacher (METHOD.md section 3)."""
+
+    steps: int = 50
+    method: str = "gausslegendre"
+    """Captum's quadrature: ``gausslegendre``, ``riemann_trapezoid``, ``riemann_left``, ..."""
+    baseline: str = "mean"
+    """``mean``: zeros in the teacher's normalised space, i.e. the dataset-mean colour; ``black``: zeros in [0, 1]."""
+    target: str = "label"
+    """``label`` (the true class, as the paper) or ``pred`` (the teacher's top-1)."""
+    batch_size: int = 16
+    """Images per IG call; each expands to batch_size * steps forward/backward rows."""
+    chunk_size: int = 1024
+    """Images per saved chunk: an interrupted precomputation resumes after the last finished chunk."""
+    store_dtype: str = "float16"
+
+
+@dataclass
+class OverlayConfig:
+    """IG overlay augmentation (METHOD.md section 4)."""
+
+    prob: float = 0.1
+    weight: float = 0.5
+    """x = (1 - weight) * img + weight * map."""
+    exponent_min: float = 1.0
+    exponent_max: float = 2.0
+    """Per-sample exponent s = exp(Uniform(ln min, ln max))."""
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 2.5
+    alpha: float = 0.01
+    """total = alpha * KD + (1 - alpha) * CE (+ at_weight * AT)."""
+    at_weight: float = 0.8
+
+
+@dataclass
+class RunConfig:
+    preset: str = "cpu"
+    configuration: str = "KD_IG"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    """``auto`` (bf16 autocast), ``bf16``, ``fp16`` (CUDA) or ``fp32``."""
+    channels_last: bool = True
+    teacher_outputs: str = "online"
+    """``online``: teacher run on the student's actual input (default); ``cached``: logits of the un-augmented
+    image keyed by sample index (an approximation, labelled as such in the summary)."""
+    baseline: bool = True
+    """Also train the same student without distillation (CE only) on the same split and seed, for comparison."""
+    num_workers: int = 0
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: OptimConfig = field(default_factory=OptimConfig)
+    ig: IGConfig = field(default_factory=IGConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def uses(self) -> tuple[bool, bool, bool]:
+        """(KD, IG overlay, AT) for this run's configuration."""
+        return CONFIGURATIONS[canonical_configuration(self.configuration)]
+
+
+def _merge(base: dict, update: dict, where: str = "") -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if key not in base:
+            raise ToolkitError(f"unknown config key '{where}{key}'; known: {', '.join(base)}")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _from_dict(cls: type, values: dict) -> Any:
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        f = hints[key]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            kwargs[key] = _from_dict(sub, value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ToolkitError(f"override '{text}' is not key=value (e.g. student.epochs=3)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ToolkitError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ToolkitError(f"config {path} must be a mapping, got {type(values).__name__}")
+    return values
+
+
+def build_config(preset: str = "cpu", config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Preset YAML, then an optional YAML file, then ``a.b=value`` overrides, validated into a RunConfig."""
+    preset_path = PRESET_DIR / f"{preset}.yaml"
+    if not preset_path.is_file():
+        raise ToolkitError(f"unknown preset '{preset}'; available: {', '.join(list_presets())}")
+    values = _merge(RunConfig().to_dict(), load_yaml(preset_path))
+    values["preset"] = preset
+    if config_file:
+        values = _merge(values, load_yaml(Path(config_file)))
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        values = _merge(values, nested)
+    cfg = _from_dict(RunConfig, values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    from toolkit.models.registry import get_spec
+
+    cfg.configuration = canonical_configuration(cfg.configuration)
+    get_spec(cfg.student.model)
+    get_spec(cfg.teacher.model)
+    checks = [
+        (cfg.teacher.mode in ("finetune", "scratch", "load"), f"teacher.mode must be finetune, scratch or load, got '{cfg.teacher.mode}'"),
+        (cfg.teacher.mode == "scratch" or cfg.teacher.checkpoint, f"teacher.mode '{cfg.teacher.mode}' needs teacher.checkpoint"),
+        (cfg.teacher_outputs in ("online", "cached"), f"teacher_outputs must be online or cached, got '{cfg.teacher_outputs}'"),
+        (cfg.data.dataset in ("cifar10", "synthetic"), f"data.dataset must be cifar10 or synthetic, got '{cfg.data.dataset}'"),
+        (0 <= cfg.overlay.prob <= 1, f"overlay.prob must be in [0, 1], got {cfg.overlay.prob}"),
+        (0 <= cfg.overlay.weight <= 1, f"overlay.weight must be in [0, 1], got {cfg.overlay.weight}"),
+        (0 < cfg.overlay.exponent_min <= cfg.overlay.exponent_max, "overlay exponents need 0 < exponent_min <= exponent_max"),
+        (0 <= cfg.loss.alpha <= 1, f"loss.alpha must be in [0, 1], got {cfg.loss.alpha}"),
+        (cfg.loss.temperature > 0, f"loss.temperature must be > 0, got {cfg.loss.temperature}"),
+        (cfg.ig.steps >= 1, f"ig.steps must be >= 1, got {cfg.ig.steps}"),
+        (cfg.ig.baseline in ("mean", "black"), f"ig.baseline must be mean or black, got '{cfg.ig.baseline}'"),
+        (cfg.ig.target in ("label", "pred"), f"ig.target must be label or pred, got '{cfg.ig.target}'"),
+    ]
+    for stage in (cfg.teacher, cfg.student):
+        checks += [
+            (stage.optimizer in ("adam", "sgd"), f"optimizer must be adam or sgd, got '{stage.optimizer}'"),
+            (stage.schedule in ("constant", "onecycle", "cosine"), f"schedule must be constant, onecycle or cosine, got '{stage.schedule}'"),
+            (stage.epochs >= 0 and stage.batch_size >= 1 and stage.lr > 0, "epochs >= 0, batch_size >= 1 and lr > 0 are required"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ToolkitError(message)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from toolkit.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
