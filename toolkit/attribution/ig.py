@@ -1,0 +1,201 @@
+"""Integrated-gradients maps of a teacher, one (32, 32) map per image (METHOD.md section 3).
+
+The computation is captum's ``IntegratedGradients`` formula,
+``attr = (x - x0) * sum_k w_k * dF_t/dx (x0 + a_k (x - x0))``, with captum's own quadrature nodes ``a_k`` and
+weights ``w_k`` (``captum.attr._utils.approximation_methods.approximation_parameters``), evaluated for a whole
+group of images and all their steps in one forward/backward pass. It is faster than calling captum because:
+the teacher is a private eval-mode copy with BatchNorm folded into the convolutions (exact in eval mode),
+parameters do not require grad, tensors are channels_last, and the passes run under bf16 autocast when asked.
+``tests/test_attribution.py`` checks the maps against captum's ``IntegratedGradients``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+from captum.attr._utils.approximation_methods import approximation_parameters
+from torch import nn
+from tqdm.auto import tqdm
+
+from toolkit import ToolkitError
+from toolkit.config import IGConfig
+from toolkit.device import autocast
+
+DEFAULT_MAX_ROWS = 800
+"""Most interpolated rows (images x steps) in one forward/backward pass; bounds memory (~2-3 GB on MobileNetV2)."""
+
+
+def ig_baseline(teacher: nn.Module, baseline: str) -> torch.Tensor:
+    """The IG baseline in [0, 1] input space, (1, 3, 1, 1) float32.
+
+    ``mean``: zeros in the teacher's normalised space = its normalisation mean colour (``teacher.normalize.mean``);
+    ``black``: zeros in [0, 1].
+    """
+    if baseline == "black":
+        return torch.zeros(1, 3, 1, 1)
+    if baseline != "mean":
+        raise ToolkitError(f"ig.baseline must be mean or black, got '{baseline}'")
+    norm = getattr(teacher, "normalize", None)
+    mean = getattr(norm, "mean", None)
+    if not isinstance(mean, torch.Tensor) or mean.numel() != 3:
+        raise ToolkitError("ig.baseline 'mean' needs a teacher with a 'normalize' module holding a 3-value 'mean'")
+    return mean.detach().float().cpu().reshape(1, 3, 1, 1)
+
+
+def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's (weights, alphas) for ``method`` and ``steps``, both float64 (steps,)."""
+    try:
+        step_sizes_fn, alphas_fn = approximation_parameters(method)
+    except ValueError:
+        raise ToolkitError(f"unknown ig.method '{method}' (use gausslegendre or riemann_left/right/middle/trapezoid)") from None
+    return torch.tensor(step_sizes_fn(steps), dtype=torch.float64), torch.tensor(alphas_fn(steps), dtype=torch.float64)
+
+
+def prepare_teacher(teacher: nn.Module, device: torch.device, channels_last: bool = True, fuse_bn: bool = True) -> nn.Module:
+    """A private eval-mode copy of ``teacher`` for IG: BatchNorm folded into convs (when fx can trace it),
+    parameters frozen (no grad), on ``device``, optionally channels_last. The caller's module is untouched."""
+    model = copy.deepcopy(teacher).eval()
+    if fuse_bn:
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            model = fuse(model, inplace=True)
+        except Exception:  # noqa: BLE001 - untraceable models keep unfused BatchNorm (same maps, slower)
+            pass
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def ig_attributions(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    baseline: torch.Tensor,
+    weights: torch.Tensor,
+    alphas: torch.Tensor,
+    precision: str = "fp32",
+    max_rows: int = DEFAULT_MAX_ROWS,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """IG attributions (B, 3, H, W) float32 of ``model`` for float inputs ``x`` (B, 3, H, W) in [0, 1].
+
+    ``target``: (B,) class indices; ``baseline``: broadcastable to ``x``; ``weights``/``alphas``: (steps,) quadrature.
+    Rows are grouped step-major (all images at step k, then k + 1), at most ``max_rows`` per pass.
+    """
+    b = x.shape[0]
+    device = x.device
+    x = x.float()
+    base = baseline.to(device=device, dtype=torch.float32).expand_as(x)
+    delta = x - base
+    steps = alphas.numel()
+    w = weights.to(device=device, dtype=torch.float32)
+    a = alphas.to(device=device, dtype=torch.float32)
+    target = target.to(device)
+    grad_sum = torch.zeros_like(x)
+    per_pass = max(1, max_rows // max(b, 1))
+    for start in range(0, steps, per_pass):
+        k = slice(start, min(start + per_pass, steps))
+        n = a[k].numel()
+        scaled = (base.unsqueeze(0) + a[k].view(n, 1, 1, 1, 1) * delta.unsqueeze(0)).reshape(n * b, *x.shape[1:])
+        if channels_last:
+            scaled = scaled.contiguous(memory_format=torch.channels_last)
+        scaled.requires_grad_(True)
+        with torch.enable_grad(), autocast(device, precision):
+            logits = model(scaled)
+        picked = logits.float().gather(1, target.repeat(n).view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(picked, scaled)
+        grad_sum += (grad.float().view(n, b, *x.shape[1:]) * w[k].view(n, 1, 1, 1, 1)).sum(0)
+    return delta * grad_sum
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_rows(local: torch.Tensor, n_total: int, share: int, device: torch.device) -> torch.Tensor:
+    """All-gather each rank's (share, H, W) block (last one zero-padded) and return the first ``n_total`` rows."""
+    comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(share, *local.shape[1:], dtype=local.dtype, device=comm_device)
+    padded[: local.shape[0]] = local.to(comm_device)
+    blocks = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(blocks, padded)
+    return torch.cat(blocks)[:n_total].cpu()
+
+
+def compute_ig_maps(
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: IGConfig,
+    device: torch.device,
+    precision: str,
+    progress: bool = True,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    channels_last: bool = True,
+    fuse_bn: bool = True,
+    pbar: tqdm | None = None,
+) -> torch.Tensor:
+    """IG maps (N, 32, 32) float32 on CPU, row i for image i: sum over RGB of |attribution|.
+
+    ``images``: uint8 (N, 3, H, W) in dataset order (no augmentation); ``labels``: int64 (N,).
+    Target is the true label (``cfg.target == "label"``) or the teacher's fp32 top-1 (``"pred"``).
+    ``cfg.batch_size`` images share one pass (up to ``max_rows`` interpolated rows). Under torch.distributed
+    each rank computes a contiguous share and the maps are all-gathered. ``pbar``: an outer tqdm to advance
+    instead of opening one.
+    """
+    if images.dim() != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+        raise ToolkitError(f"IG images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ToolkitError(f"IG labels must be (N,) = ({images.shape[0]},), got {tuple(labels.shape)}")
+    if cfg.target not in ("label", "pred"):
+        raise ToolkitError(f"ig.target must be label or pred, got '{cfg.target}'")
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ToolkitError("ig.steps and ig.batch_size must be >= 1")
+    autocast(device, precision)  # validates precision for the device (one-line error)
+    weights, alphas = quadrature(cfg.method, cfg.steps)
+    baseline = ig_baseline(teacher, cfg.baseline)
+
+    n_total = images.shape[0]
+    rank, world = _rank_world()
+    share = math.ceil(n_total / world) if world > 1 else n_total
+    lo, hi = min(rank * share, n_total), min((rank + 1) * share, n_total)
+    model = prepare_teacher(teacher, device, channels_last=channels_last, fuse_bn=fuse_bn)
+    reference = copy.deepcopy(teacher).eval().to(device) if cfg.target == "pred" else None
+    if reference is not None:
+        for p in reference.parameters():
+            p.requires_grad_(False)
+
+    out = torch.empty(hi - lo, *images.shape[2:], dtype=torch.float32)
+    bar = pbar
+    own_bar = bar is None and progress and rank == 0
+    if own_bar:
+        bar = tqdm(total=hi - lo, unit="img", desc=f"IG ({cfg.steps} steps, {precision})", dynamic_ncols=True)
+    try:
+        for start in range(lo, hi, cfg.batch_size):
+            stop = min(start + cfg.batch_size, hi)
+            x = images[start:stop].to(device).float().div_(255.0)
+            if reference is not None:
+                with torch.no_grad():
+                    target = reference(x).argmax(1)
+            else:
+                target = labels[start:stop].to(device)
+            attr = ig_attributions(model, x, target, baseline, weights, alphas, precision, max_rows, channels_last)
+            out[start - lo : stop - lo] = attr.abs().sum(1).cpu()
+            if bar is not None and (own_bar or rank == 0):
+                bar.update(stop - start)
+    finally:
+        if own_bar and bar is not None:
+            bar.close()
+    if world > 1:
+        return _gather_rows(out, n_total, share, device)
+    return out

@@ -1,0 +1,90 @@
+"""The Distiller: a student, a frozen teacher in eval mode, and the configured losses.
+
+``forward_train(x, y)`` returns the student's logits and a dict of *weighted* named losses whose sum is the total:
+``ce = (1 - alpha) * CE`` (or plain CE without KD), ``kd = alpha * KD``, ``at = g * AT``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from toolkit.config import LossConfig
+from toolkit.distill.losses import attention_transfer_loss, cross_entropy_loss, kd_loss
+
+
+class FeatureTap:
+    """Forward hooks that keep the outputs of named modules from the latest forward pass."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"model has no module named {missing[0]!r} for attention transfer")
+        self.names = names
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.outputs[name] = output
+        return hook
+
+    def take(self) -> list[torch.Tensor]:
+        out = [self.outputs[n] for n in self.names]
+        self.outputs = {}
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class Distiller(nn.Module):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, loss: LossConfig, use_kd: bool, use_at: bool,
+                 at_layers: tuple[str, ...] = ()):
+        super().__init__()
+        if (use_kd or use_at) and teacher is None:
+            raise ValueError("KD and AT need a teacher")
+        self.student = student
+        self.teacher = teacher
+        self.loss = loss
+        self.use_kd = use_kd
+        self.use_at = use_at
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        student_module = getattr(student, "module", student)
+        self._student_tap = FeatureTap(student_module, at_layers) if use_at else None
+        self._teacher_tap = FeatureTap(teacher, at_layers) if use_at else None
+
+    def train(self, mode: bool = True) -> "Distiller":
+        self.student.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never leaves eval mode
+        return self
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (B, 3, H, W) in [0, 1]; y: (B,). ``teacher_logits``: precomputed (cached mode) or None to run the teacher
+        on ``x`` itself (online mode). Returns (student logits (B, C), weighted named losses)."""
+        logits = self.student(x)
+        losses: dict[str, torch.Tensor] = {}
+        need_teacher_pass = self.use_at or (self.use_kd and teacher_logits is None)
+        if need_teacher_pass:
+            with torch.no_grad():
+                online = self.teacher(x)
+            if teacher_logits is None:
+                teacher_logits = online
+        ce = cross_entropy_loss(logits, y)
+        if self.use_kd:
+            a = self.loss.alpha
+            losses["ce"] = (1 - a) * ce
+            losses["kd"] = a * kd_loss(logits, teacher_logits.detach(), self.loss.temperature)
+        else:
+            losses["ce"] = ce
+        if self.use_at:
+            losses["at"] = self.loss.at_weight * attention_transfer_loss(self._student_tap.take(),
+                                                                         [f.detach() for f in self._teacher_tap.take()])
+        return logits, losses

@@ -1,0 +1,55 @@
+"""Pure loss functions with shape-checked inputs (METHOD.md section 2), and a registry by name."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_logits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"{what}: expected two (B, C) logit tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean CE on hard labels. logits (B, C) float; labels (B,) int64."""
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"cross_entropy_loss: logits (B, C) and labels (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    return F.cross_entropy(logits.float(), labels)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton KD: ``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``, summed over classes, averaged over the batch."""
+    _check_logits(student_logits, teacher_logits, "kd_loss")
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis: mean over channels of F^2, flattened, L2-normalised. (B, C, H, W) -> (B, H*W)."""
+    if features.dim() != 4:
+        raise ValueError(f"attention_map: expected (B, C, H, W) features, got {tuple(features.shape)}")
+    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def attention_transfer_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layer pairs of ``mean((A_t - A_s)^2)``; each pair must share batch and spatial size."""
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(f"attention_transfer_loss: {len(student_features)} student vs {len(teacher_features)} teacher layers")
+    losses = []
+    for fs, ft in zip(student_features, teacher_features):
+        if fs.dim() != 4 or ft.dim() != 4 or fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
+            raise ValueError(f"attention_transfer_loss: feature maps {tuple(fs.shape)} and {tuple(ft.shape)} differ in batch or H, W")
+        losses.append((attention_map(ft) - attention_map(fs)).pow(2).mean())
+    return torch.stack(losses).mean()
+
+
+LOSS_REGISTRY: dict[str, Callable[..., torch.Tensor]] = {
+    "ce": cross_entropy_loss,
+    "kd": kd_loss,
+    "at": attention_transfer_loss,
+}

@@ -1,0 +1,194 @@
+"""A resumable, shardable runner for a study's list of runs.
+
+A study is a list of :class:`RunSpec` (a unique key plus parameters). The runner records each finished run as one JSON
+line in ``<folder>/results.jsonl``, appended only after the run function returned (so after the run's final
+checkpoint is written), and skips keys already recorded on a rerun. An unfinished run is simply run again: the run
+function resumes it from its own checkpoint in ``<folder>/runs/<key>/``.
+
+Sharding: ``--shard i/n`` (0 <= i < n) keeps the runs whose position in the study's plan is ``i`` modulo ``n``. The
+plan order is fixed by the study's settings, so every machine given the same command computes the same partition.
+:func:`merge_folders` unions the results of several folders (checking they ran the same study with the same teacher).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from toolkit import ToolkitError
+from toolkit.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+RESULTS_FILE = "results.jsonl"
+STUDY_FILE = "study.json"
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study. ``key`` is unique within the study and names its folder ``runs/<key>/``."""
+
+    key: str
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None passes through."""
+    if text is None:
+        return None
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise ToolkitError(f"--shard must look like i/n (e.g. 0/2), got '{text}'") from None
+    if n < 1 or not 0 <= i < n:
+        raise ToolkitError(f"--shard i/n needs n >= 1 and 0 <= i < n, got '{text}'")
+    return i, n
+
+
+def select_shard(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
+    """The specs of shard (i, n): positions i, i+n, i+2n, ... of the plan; all specs when ``shard`` is None."""
+    keys = [s.key for s in specs]
+    if len(set(keys)) != len(keys):
+        raise ToolkitError("run keys of a study must be unique")
+    if shard is None:
+        return list(specs)
+    i, n = shard
+    return [s for pos, s in enumerate(specs) if pos % n == i]
+
+
+def load_results(folder: Path) -> dict[str, dict]:
+    """Finished runs of ``folder`` by key (first record of a key wins; a torn last line is ignored)."""
+    out: dict[str, dict] = {}
+    for rec in read_jsonl(Path(folder) / RESULTS_FILE):
+        if isinstance(rec, dict) and "key" in rec:
+            out.setdefault(rec["key"], rec)
+    return out
+
+
+@contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) on ``path``: processes sharing a study folder prepare the teacher once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+RunFunction = Callable[[RunSpec, Path], dict]
+
+
+class Runner:
+    """Runs the specs of a study folder that are not yet recorded in its ``results.jsonl``."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.results_path = self.folder / RESULTS_FILE
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.folder / RUNS_DIR / spec.key
+
+    def pending(self, specs: list[RunSpec], shard: tuple[int, int] | None = None) -> list[RunSpec]:
+        done = load_results(self.folder)
+        return [s for s in select_shard(specs, shard) if s.key not in done]
+
+    def run(self, specs: list[RunSpec], run_fn: RunFunction, shard: tuple[int, int] | None = None,
+            log: Callable[[str], None] | None = None) -> list[dict]:
+        """Run the pending specs of ``shard`` in plan order; returns the records appended by this call.
+
+        ``run_fn(spec, run_dir)`` trains (resuming from ``run_dir`` if a checkpoint is there) and returns a dict of
+        results; the runner adds key, params, host, shard, finished time, and appends the line.
+        """
+        todo = self.pending(specs, shard)
+        mine = select_shard(specs, shard)
+        if log:
+            log(f"{len(mine) - len(todo)} of {len(mine)} runs{' of shard ' + '/'.join(map(str, shard)) if shard else ''} "
+                f"already recorded in {self.results_path}; {len(todo)} to run")
+        records = []
+        for number, spec in enumerate(todo, 1):
+            if log:
+                log(f"[{number}/{len(todo)}] run {spec.key} {spec.params}")
+            run_dir = self.run_dir(spec)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            result = run_fn(spec, run_dir)
+            record = {"key": spec.key, "params": spec.params, **result, "host": socket.gethostname(),
+                      "shard": "/".join(map(str, shard)) if shard else None,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self.folder.mkdir(parents=True, exist_ok=True)
+            append_jsonl(self.results_path, record)
+            records.append(record)
+        return records
+
+
+def read_study(folder: Path) -> dict:
+    path = Path(folder) / STUDY_FILE
+    if not path.is_file():
+        raise ToolkitError(f"{folder} is not a study folder: {STUDY_FILE} missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ToolkitError(f"{path} is not valid JSON: {exc}") from None
+
+
+def merge_folders(folders: list[Path], out: Path) -> dict:
+    """Union the results of study ``folders`` into ``out`` (which may be one of them).
+
+    Checks that all ran the same study at the same scale and with the same teacher (its SHA-256), copies each run's
+    final ``*.pt`` files and the first folder's ``shared/teacher.pt`` when ``out`` lacks them, writes ``out``'s
+    ``results.jsonl`` (one line per key, first folder wins) and ``study.json``; returns the merged study dict.
+    """
+    if not folders:
+        raise ToolkitError("merge needs at least one study folder")
+    studies = [read_study(f) for f in folders]
+    first = studies[0]
+    for f, s in zip(folders, studies):
+        for key in ("study", "scale"):
+            if s.get(key) != first.get(key):
+                raise ToolkitError(f"cannot merge: {folders[0]} is {key} '{first.get(key)}' but {f} is '{s.get(key)}'")
+    merged: dict[str, dict] = {}
+    teachers: dict[str, Path] = {}
+    for f in folders:
+        for key, rec in load_results(f).items():
+            sha = rec.get("teacher_sha256")
+            if sha:
+                teachers.setdefault(sha, f)
+            merged.setdefault(key, rec)
+    if len(teachers) > 1:
+        where = ", ".join(f"{sha[:12]} in {f}" for sha, f in teachers.items())
+        raise ToolkitError(f"cannot merge runs distilled from different teachers ({where}): prepare the teacher once "
+                           "(--prepare-only) and copy its shared/ folder to every machine before running shards")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in folders:
+        if f.resolve() == out.resolve():
+            continue
+        for key in merged:
+            src = f / RUNS_DIR / key
+            if not src.is_dir():
+                continue
+            for pt in src.glob("*.pt"):
+                dst = out / RUNS_DIR / key / pt.name
+                if not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(pt, dst)
+        teacher = f / "shared" / "teacher.pt"
+        if teacher.is_file() and not (out / "shared" / "teacher.pt").exists():
+            (out / "shared").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(teacher, out / "shared" / "teacher.pt")
+            if (f / "shared" / "summary.json").is_file():
+                shutil.copy2(f / "shared" / "summary.json", out / "shared" / "summary.json")
+    study = dict(first)
+    study["invocations"] = [inv for s in studies for inv in s.get("invocations", [])]
+    study["merged_from"] = [str(f) for f in folders]
+    atomic_write_json(out / STUDY_FILE, study)
+    atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r) + "\n" for r in merged.values()))
+    return study

@@ -1,0 +1,294 @@
+"""``make distill``: data -> teacher (fine-tune / train / load) -> IG maps -> distilled student (-> baseline student).
+
+Each stage is resumable and fingerprinted: a rerun reuses finished stages with the same settings, continues an
+interrupted one from its last epoch checkpoint, and refuses a run folder made with other settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from toolkit import ToolkitError, __version__
+from toolkit.config import CONFIGURATIONS, RunConfig, canonical_configuration, save_config
+from toolkit.data.cifar10 import REPO_ROOT, ImageSet, load_cifar10
+from toolkit.data.splits import stratified_sample, subset_size, train_val_split
+from toolkit.data.synthetic import make_synthetic
+from toolkit.device import resolve_precision, select_device
+from toolkit.distill.trainer import TrainJob, train_model
+from toolkit.distributed import DistInfo, init_distributed
+from toolkit.io import atomic_write_json
+from toolkit.models.checkpoint import load_weights, read_checkpoint
+from toolkit.models.profile import count_params
+from toolkit.models.registry import build_model, get_spec
+from toolkit.runs import RunFolder
+
+CACHED_LOGITS_NOTE = "cached teacher logits of the un-augmented image (an approximation: not the student's actual input)"
+
+
+@dataclass
+class PreparedData:
+    """The run's splits. ``train_index`` / ``val_index``: dataset indices of the rows (into the source train split)."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    train_index: torch.Tensor
+    val_index: torch.Tensor
+    description: str
+    classes: tuple[str, ...]
+    num_classes: int
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def state_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(getattr(model, "module", model).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Load the dataset, hold out a stratified validation split, optionally subset train and test (all seeded)."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        source = make_synthetic(d.synthetic_per_class, max(2, d.synthetic_per_class // 4), seed=d.split_seed)
+    else:
+        source = load_cifar10(d.data_dir, download=d.download)
+    train_idx, val_idx = train_val_split(source.train.labels, d.val_size, d.split_seed)
+    if d.train_subset is not None:
+        keep = stratified_sample(source.train.labels[train_idx], subset_size(len(train_idx), d.train_subset), d.subset_seed)
+        train_idx = train_idx[keep]
+    test = source.test
+    if d.test_subset:
+        test = test.subset(torch.arange(min(int(d.test_subset), len(test))))
+    return PreparedData(source.train.subset(train_idx), source.train.subset(val_idx), test, train_idx, val_idx,
+                        source.description, source.classes, len(source.classes))
+
+
+def subset_training(data: PreparedData, maps: torch.Tensor | None, size: float | int, seed: int
+                    ) -> tuple[PreparedData, torch.Tensor | None]:
+    """A stratified subset of the train rows (fraction or count), with the matching IG-map rows."""
+    keep = stratified_sample(data.train.labels, subset_size(len(data.train), size), seed)
+    return replace(data, train=data.train.subset(keep), train_index=data.train_index[keep]), (None if maps is None else maps[keep])
+
+
+def _resolve_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    return p
+
+
+def _split_digest(data: PreparedData) -> dict:
+    return {"data": data.description, "train": tensor_digest(data.train_index), "val": tensor_digest(data.val_index),
+            "test": len(data.test)}
+
+
+def _device_and_precision(cfg: RunConfig, device: torch.device | None) -> tuple[torch.device, str]:
+    device = device or select_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device)
+
+
+def prepare_teacher(cfg: RunConfig, run: RunFolder, data: PreparedData, device: torch.device | None = None,
+                    progress: bool | None = None) -> nn.Module:
+    """The teacher in eval mode: ``load`` as given, ``finetune`` from the checkpoint, or ``scratch``; saved as
+    ``run/teacher.pt`` and reused on rerun when its settings match."""
+    device, precision = _device_and_precision(cfg, device)
+    t = cfg.teacher
+    model = build_model(t.model, data.num_classes)
+    source_sha = None
+    if t.mode in ("load", "finetune"):
+        src = _resolve_path(t.checkpoint)
+        load_weights(model, t.model, src)
+        source_sha = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    if t.mode == "load":
+        return model.eval().to(device)
+    stage_cfg = {"teacher": t.__dict__, "source_sha": source_sha, "split": _split_digest(data), "seed": cfg.seed,
+                 "precision": precision}
+    torch.manual_seed(cfg.seed)
+    if t.mode == "scratch":
+        model = build_model(t.model, data.num_classes)
+    job = TrainJob(role="teacher", model_name=t.model, model=model, optim=t, train=data.train, val=data.val,
+                   test=data.test, out_dir=run.root, fingerprint=fingerprint(stage_cfg), seed=cfg.seed, device=device,
+                   precision=precision, channels_last=cfg.channels_last,
+                   progress=cfg.progress if progress is None else progress, metrics_path=run.metrics,
+                   extra_meta={"source_checkpoint": t.checkpoint, "source_sha256_16": source_sha})
+    result = train_model(job)
+    if not result.get("finished"):
+        raise ToolkitError("teacher training stopped early")
+    return model.eval()
+
+
+def teacher_result(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: PreparedData, device: torch.device) -> dict:
+    """Name, params and test accuracy of the teacher as used (from teacher.pt meta, or measured for ``load``)."""
+    path = run.checkpoint("teacher")
+    if path.is_file():
+        meta = read_checkpoint(path)["meta"]
+        if "result" in meta:
+            r = meta["result"]
+            return {"name": cfg.teacher.model, "params": r["params"], "test_acc": r["test_acc"], "val_acc": r.get("val_acc"),
+                    "checkpoint": path.name, "source": cfg.teacher.checkpoint, "mode": cfg.teacher.mode}
+    from toolkit.evaluate import evaluate_accuracy
+
+    acc = evaluate_accuracy(teacher.to(device), data.test.images, data.test.labels, device=device)
+    return {"name": cfg.teacher.model, "params": count_params(teacher), "test_acc": acc, "checkpoint": None,
+            "source": cfg.teacher.checkpoint, "mode": cfg.teacher.mode}
+
+
+def prepare_ig_maps(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: PreparedData,
+                    device: torch.device | None = None, progress: bool | None = None, force: bool = False
+                    ) -> torch.Tensor | None:
+    """IG maps of the teacher for every train row (row i = ``data.train`` row i), from the run's fingerprinted cache.
+
+    None when the configuration uses no overlay, unless ``force`` (studies that share maps across configurations)."""
+    if not force and not CONFIGURATIONS[canonical_configuration(cfg.configuration)][1]:
+        return None
+    from toolkit.attribution.cache import load_or_compute_ig_maps
+
+    device, precision = _device_and_precision(cfg, device)
+    return load_or_compute_ig_maps(run.ig_dir, teacher.to(device), cfg.teacher.model, data.train.images, data.train.labels,
+                                   data.train_index, data.description, cfg.ig, device, precision,
+                                   progress=cfg.progress if progress is None else progress)
+
+
+def cached_teacher_logits(teacher: nn.Module, data: PreparedData, device: torch.device, precision: str) -> torch.Tensor:
+    """Teacher logits of each un-augmented train image, row i = train row i (the approximate ``cached`` mode)."""
+    from toolkit.evaluate import predict_logits
+
+    return predict_logits(teacher, data.train.images, device=device, precision=precision)
+
+
+def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None, ig_maps: torch.Tensor | None,
+                  out_dir: Path, role: str = "student", device: torch.device | None = None,
+                  configuration: str | None = None, seed: int | None = None, progress: bool | None = None,
+                  model_name: str | None = None, max_epochs_this_call: int | None = None) -> dict:
+    """Train ``cfg.student.model`` (or ``model_name``) with ``configuration`` into ``out_dir/<role>.pt``; resumable.
+
+    The same seed gives the same initial weights, batch order and crops for every configuration (paired runs).
+    Returns name, params, test_acc, val_acc, epochs, seconds, history (and train_size, finished).
+    """
+    device, precision = _device_and_precision(cfg, device)
+    configuration = canonical_configuration(configuration or cfg.configuration)
+    seed = cfg.seed if seed is None else seed
+    name = model_name or cfg.student.model
+    use_kd, use_ig, use_at = CONFIGURATIONS[configuration]
+    if use_ig and ig_maps is None:
+        raise ToolkitError(f"configuration {configuration} needs IG maps")
+    if use_ig and len(ig_maps) != len(data.train):
+        raise ToolkitError(f"IG maps have {len(ig_maps)} rows for {len(data.train)} training images")
+    if use_at and cfg.teacher_outputs == "cached":
+        raise ToolkitError("attention transfer needs the teacher's features online: use teacher_outputs=online")
+    torch.manual_seed(seed)
+    student = build_model(name, data.num_classes)
+    teacher_logits = None
+    if use_kd and cfg.teacher_outputs == "cached":
+        teacher_logits = cached_teacher_logits(teacher, data, device, precision)
+    at_layers = get_spec(name).at_layers
+    if use_at and get_spec(name).family != get_spec(cfg.teacher.model).family:
+        raise ToolkitError(f"attention transfer pairs layers by name: {name} and {cfg.teacher.model} are of different families")
+    stage_cfg = {"model": name, "optim": cfg.student.__dict__, "configuration": configuration, "seed": seed,
+                 "loss": cfg.loss.__dict__ if (use_kd or use_at) else None, "overlay": cfg.overlay.__dict__ if use_ig else None,
+                 "ig": cfg.ig.__dict__ if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
+                 "teacher_outputs": cfg.teacher_outputs if use_kd else None, "split": _split_digest(data),
+                 "train_rows": tensor_digest(data.train_index), "maps": tensor_digest(ig_maps) if use_ig else None,
+                 "precision": precision}
+    job = TrainJob(role=role, model_name=name, model=student, optim=cfg.student, train=data.train, val=data.val,
+                   test=data.test, out_dir=Path(out_dir), fingerprint=fingerprint(stage_cfg), seed=seed, device=device,
+                   precision=precision, channels_last=cfg.channels_last, teacher=teacher if (use_kd or use_at) else None,
+                   loss=cfg.loss, use_kd=use_kd, use_at=use_at, at_layers=at_layers,
+                   ig_maps=ig_maps if use_ig else None, overlay=cfg.overlay if use_ig else None,
+                   teacher_logits=teacher_logits, progress=cfg.progress if progress is None else progress,
+                   metrics_path=Path(out_dir) / "metrics.jsonl", extra_meta={"configuration": configuration, "seed": seed})
+    result = train_model(job, max_epochs_this_call)
+    result["configuration"] = configuration
+    result["seed"] = seed
+    return result
+
+
+def _print_table(summary: dict) -> None:
+    rows = [("teacher", summary["teacher"])] + [(r, summary[r]) for r in ("student", "baseline") if r in summary]
+    print(f"\nrun {summary['run']}  preset {summary['preset']}  configuration {summary['configuration']}  ({summary['data']})")
+    print(f"{'role':<10} {'model':<22} {'params':>10} {'CF':>8} {'val %':>7} {'test %':>7}")
+    for role, r in rows:
+        cf = summary["teacher"]["params"] / r["params"]
+        val = f"{r['val_acc']:.2f}" if r.get("val_acc") is not None else "-"
+        print(f"{role:<10} {r['name']:<22} {r['params']:>10,} {cf:>7.2f}x {val:>7} {r['test_acc']:>7.2f}")
+    if "baseline" in summary:
+        gain = summary["student"]["test_acc"] - summary["baseline"]["test_acc"]
+        print(f"distillation gain over the baseline student (same split, seed and init): {gain:+.2f} points")
+    print(f"written: {summary['run_dir']}/summary.json")
+
+
+def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Path = "runs", resume: bool = True,
+                stages: list[str] | None = None, save_examples: bool = False) -> dict:
+    """The whole chain into ``runs_dir/run_name``; returns the summary (also written to summary.json)."""
+    device, precision = _device_and_precision(cfg, None)
+    dist_info: DistInfo = init_distributed(device)
+    configuration = canonical_configuration(cfg.configuration)
+    cfg.configuration = configuration
+    run_name = run_name or f"{cfg.preset}-{configuration}"
+    root = Path(runs_dir) / run_name
+    known = {"teacher", "ig", "student", "baseline"}
+    stages = stages or sorted(known)
+    if set(stages) - known:
+        raise ToolkitError(f"unknown stage(s) {sorted(set(stages) - known)}; choose from {sorted(known)}")
+    if not resume and root.exists() and dist_info.is_main:
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(root)
+    if dist_info.is_main:
+        save_config(cfg, run.config)
+    t0 = time.perf_counter()
+    data = prepare_data(cfg)
+    print(f"data: {data.description}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test; "
+          f"device {device}, precision {precision}, world size {dist_info.world_size}")
+    teacher = prepare_teacher(cfg, run, data, device)
+    summary = {"run": run_name, "run_dir": str(root), "preset": cfg.preset, "configuration": configuration,
+               "config": configuration, "data": data.description, "seed": cfg.seed, "device": str(device),
+               "precision": precision, "toolkit_version": __version__,
+               "split": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                         "split_seed": cfg.data.split_seed, "train_subset": cfg.data.train_subset},
+               "teacher_outputs": cfg.teacher_outputs if cfg.teacher_outputs == "online" else CACHED_LOGITS_NOTE}
+    summary["teacher"] = teacher_result(cfg, run, teacher, data, device)
+    if stages == ["teacher"]:
+        return summary
+    maps = prepare_ig_maps(cfg, run, teacher, data, device) if "ig" in stages else None
+    if save_examples and maps is not None and dist_info.is_main:
+        from toolkit.attribution.examples import save_overlay_examples
+
+        save_overlay_examples(data.train.images[:8], maps[:8], cfg.overlay, root / "overlay_examples.png", seed=cfg.seed)
+        print(f"overlay examples: {root / 'overlay_examples.png'}")
+    if "student" in stages:
+        summary["student"] = _public(train_student(cfg, data, teacher, maps, root, "student", device), "student")
+    if "baseline" in stages and cfg.baseline and configuration != "Student":
+        summary["baseline"] = _public(train_student(cfg, data, None, None, root, "baseline", device, configuration="Student"),
+                                      "baseline")
+    if "student" in summary:
+        summary["compression_factor"] = round(summary["teacher"]["params"] / summary["student"]["params"], 2)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    if dist_info.is_main and "student" in summary:
+        atomic_write_json(run.summary, summary)
+        _print_table(summary)
+    return summary
+
+
+def _public(result: dict, role: str) -> dict:
+    out = {k: v for k, v in result.items() if k != "history"}
+    out["checkpoint"] = f"{role}.pt"
+    return out
