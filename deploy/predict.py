@@ -1,0 +1,46 @@
+"""Classify image files with an exported model: ``python -m deploy.predict manifest.json img.png [more|folder]``.
+
+Prints one line per image (``path: label prob, label prob, ...``) or JSON with ``--json``. Needs only numpy,
+onnxruntime and Pillow. Errors print one ``error: ...`` line to stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from deploy.manifest import DeployError
+from deploy.runtime import DEFAULT_MODEL, Classifier, expand_images
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deploy.predict", description=__doc__.splitlines()[0])
+    p.add_argument("manifest", help="export manifest.json (or the export folder)")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"manifest model key (default {DEFAULT_MODEL})")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--strict", action="store_true", help="refuse images that are not 32x32 RGB instead of converting them")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        clf = Classifier(args.manifest, args.model, threads=args.threads, strict=args.strict)
+        preds = clf.predict_files(expand_images(args.images), k=args.top_k)
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([p.__dict__ for p in preds], indent=2))
+    else:
+        for p in preds:
+            print(f"{p.source}: " + ", ".join(f"{lab} {prob:.3f}" for lab, prob in zip(p.labels, p.probs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""deploy/: export + simplify + parity + int8 + gate on real models (pretrained ResNet-20 teacher, random ResNet-8
+student) and the device runtime on PNG files of real CIFAR-10 test images (the shared JPEG q75 copy)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from deploy.export import ExportConfig, Hooks, run_export
+from deploy.manifest import DeployError, read_manifest, sha256_file
+from deploy.parity import ParityError, check_parity
+from deploy.runtime import Classifier, load_image, to_input
+from deploy.steps import ExportOnnxConfig, GateError, QuantizeConfig, accuracy_gate, onnx_logits
+from toolkit.models import load_model
+from toolkit.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_TEST = 500
+ARTIFACTS = ("student.fp32.onnx", "student.int8.onnx", "teacher.fp32.onnx", "manifest.json")
+_CACHE: dict[str, Path] = {}
+
+
+def small_config(**kw) -> ExportConfig:
+    """Test-sized export: 500 test images, 128 calibration images, 64 real + 32 random parity inputs."""
+    quant = QuantizeConfig(calib_size=128)
+    return ExportConfig(quantize=quant, test_subset=N_TEST, parity_images=64, parity_random=32, **kw)
+
+
+@pytest.fixture
+def exported(pretrained_run, cifar10) -> Path:
+    """A run folder exported once per session (dynamo exporter); tests must not modify it (copy first).
+
+    The random ResNet-8 student sits near chance, where int8 rounding flips many near-tied predictions, so the gate
+    bound here is loose (5 points); the gate's failure is tested separately on a pretrained student.
+    """
+    if "run" not in _CACHE:
+        run_export(pretrained_run, small_config(max_drop=5.0), data=cifar10, log=lambda s: None)
+        _CACHE["run"] = pretrained_run
+    return _CACHE["run"]
+
+
+def leftovers(export_dir: Path) -> list[str]:
+    return sorted(p.name for p in export_dir.iterdir()) if export_dir.exists() else []
+
+
+def test_export_writes_checked_artifacts_and_manifest(exported, cifar10):
+    export_dir = exported / "export"
+    assert leftovers(export_dir) == sorted(ARTIFACTS)  # no staging folder or intermediate file left
+    raw = json.loads((export_dir / "manifest.json").read_text())
+    manifest = read_manifest(export_dir / "manifest.json")
+    import toolkit
+
+    assert raw["toolkit_version"] == toolkit.__version__
+    assert manifest.classes == list(cifar10.classes)
+    assert [s["step"] for s in raw["pipeline"]] == ["export", "simplify", "export", "simplify", "quantize", "accuracy_gate"]
+    for key, arch, role in (("student.fp32", "resnet8", "student"), ("student.int8", "resnet8", "student"),
+                            ("teacher.fp32", "resnet20", "teacher")):
+        e = manifest.models[key]
+        path = export_dir / e.file
+        assert e.file == f"{key}.onnx" and e.architecture == arch and e.role == role
+        assert e.sha256 == sha256_file(path) and e.size_bytes == path.stat().st_size
+        onnx.checker.check_model(str(path), full_check=True)
+        assert e.opset >= 17
+        assert (e.input.name, e.input.shape, e.input.dtype, e.input.layout) == ("input", ["batch", 3, 32, 32], "float32", "NCHW")
+        assert (e.output.name, e.output.shape) == ("logits", ["batch", 10])
+        pre = e.preprocessing
+        assert (pre.scale, pre.channel_order, pre.layout, pre.normalization.in_graph) == (1 / 255, "RGB", "NCHW", True)
+        np.testing.assert_allclose(pre.normalization.mean, IMAGENET_MEAN, rtol=1e-6)
+        np.testing.assert_allclose(pre.normalization.std, IMAGENET_STD, rtol=1e-6)
+        ckpt = exported / f"{role}.pt"
+        assert e.source_checkpoint == {"path": str(ckpt), "sha256": sha256_file(ckpt)}
+        assert e.accuracy["n"] == N_TEST and 0 <= e.accuracy["top1"] <= 100
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch in (1, 3):  # dynamic batch axis
+            assert session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0].shape == (batch, 10)
+    for key in ("student.fp32", "teacher.fp32"):
+        parity = manifest.models[key].parity
+        for stage in ("after_export", "after_simplify"):
+            assert parity[stage]["max_abs_diff"] <= 1e-4 and parity[stage]["top1_mismatches"] == 0
+            assert set(parity[stage]["sets"]) == {"random", "test_images"}
+    # the teacher's ONNX accuracy is PyTorch's accuracy on the same images
+    teacher = load_model("resnet20", exported / "teacher.pt")
+    with torch.no_grad():
+        torch_acc = (teacher(cifar10.test.images[:N_TEST].float() / 255).argmax(1) == cifar10.test.labels[:N_TEST]).float().mean() * 100
+    assert manifest.models["teacher.fp32"].accuracy["top1"] == pytest.approx(float(torch_acc), abs=0.21)
+    assert manifest.models["teacher.fp32"].accuracy["top1"] > 75
+    # int8: static QDQ, U8S8 per-channel, calibration recorded
+    int8 = manifest.models["student.int8"]
+    q = int8.quantization
+    assert (q["mode"], q["activation_type"], q["weight_type"], q["per_channel"]) == ("static", "QUInt8", "QInt8", True)
+    cal = manifest.calibration
+    assert cal == q["calibration"] and cal["method"] == "minmax" and cal["split"] == "train" and cal["seed"] == 0
+    idx = np.array(cal["indices"])
+    assert len(idx) == cal["size"] == 128 and len(np.unique(idx)) == 128 and 0 <= idx.min() and idx.max() < len(cifar10.train)
+    assert np.array_equal(idx, np.sort(np.random.default_rng(0).choice(len(cifar10.train), 128, replace=False)))
+    ops = {n.op_type for n in onnx.load(str(export_dir / int8.file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert int8.size_bytes < 0.5 * manifest.models["student.fp32"].size_bytes
+    assert int8.accuracy["fp32_top1"] == pytest.approx(manifest.models["student.fp32"].accuracy["top1"])
+    assert 0 <= int8.accuracy["agreement"] <= 100
+
+
+def test_parity_gate_fails_on_perturbed_weights_and_leaves_nothing(pretrained_run, cifar10):
+    def perturb(role: str, proto: onnx.ModelProto) -> onnx.ModelProto:
+        init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        w = onnx.numpy_helper.to_array(init) + np.float32(0.01)
+        init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+        return proto
+
+    with pytest.raises(ParityError, match=r"student after simplify: max \|logit diff\| .* \(atol 1e-04\)") as err:
+        run_export(pretrained_run, small_config(), data=cifar10, hooks=Hooks(after_simplify=perturb), log=lambda s: None)
+    assert "top-1 mismatches" in str(err.value) and "\n" not in str(err.value)
+    assert leftovers(pretrained_run / "export") == []
+
+
+def test_check_parity_compares_with_reference(exported):
+    path = exported / "export" / "teacher.fp32.onnx"
+    model = load_model("resnet20", exported / "teacher.pt")
+    x = {"random": np.random.default_rng(1).random((8, 3, 32, 32), dtype=np.float32)}
+
+    def ref(a):
+        with torch.no_grad():
+            return model(torch.from_numpy(a)).numpy()
+
+    report = check_parity(path, ref, x, "teacher")
+    assert report.passed and report.max_abs_diff <= 1e-4 and report.sets["random"].batch_sizes == [1, 64]
+    with pytest.raises(ParityError, match="top-1 mismatches"):
+        check_parity(path, lambda a: ref(a) + np.eye(10, dtype=np.float32)[np.arange(len(a)) % 10] * 1e-3, x, "shifted")
+
+
+def test_int8_gate_fails_on_corrupted_int8_model(pretrained_run, cifar10):
+    """Pretrained ResNet-20 as the student (TorchScript exporter path); scrambled int8 weights must trip the gate."""
+    summary = json.loads((pretrained_run / "summary.json").read_text())
+    summary["student"] = dict(summary["teacher"])
+    (pretrained_run / "summary.json").write_text(json.dumps(summary))
+
+    def scramble(proto: onnx.ModelProto) -> onnx.ModelProto:
+        for init in proto.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4:
+                w = onnx.numpy_helper.to_array(init)
+                init.CopyFrom(onnx.numpy_helper.from_array(np.roll(w.reshape(-1), 7).reshape(w.shape), init.name))
+        return proto
+
+    cfg = small_config(export=ExportOnnxConfig(exporter="torchscript", opset=17))
+    lines: list[str] = []
+    with pytest.raises(GateError, match=r"int8 top-1 .*% vs fp32 .*% \(drop .* points > allowed 0.5\); agreement"):
+        run_export(pretrained_run, cfg, data=cifar10, hooks=Hooks(after_quantize=scramble), log=lines.append)
+    assert any("int8" in s and "agreement" in s for s in lines)  # both accuracies printed
+    assert any("opset 17" in s for s in lines)
+    assert leftovers(pretrained_run / "export") == []
+
+
+def test_gate_bound_applies_to_real_int8_logits(exported, cifar10):
+    x = cifar10.test.images[:N_TEST].numpy()
+    y = cifar10.test.labels[:N_TEST].numpy()
+    f32 = onnx_logits(exported / "export" / "student.fp32.onnx", x)
+    i8 = onnx_logits(exported / "export" / "student.int8.onnx", x)
+    figures = accuracy_gate(f32, i8, y, max_drop=100)
+    assert figures["n"] == N_TEST and figures["fp32_top1"] - figures["int8_top1"] == pytest.approx(figures["drop_points"], abs=1e-3)
+    with pytest.raises(GateError):
+        accuracy_gate(f32, i8, y, max_drop=-101)
+
+
+def test_export_cli_errors_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "deploy.export", "--run", str(tmp_path / "nope")], cwd=REPO_ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [f"error: run folder not found: {tmp_path / 'nope'}"]
+    (tmp_path / "r").mkdir()
+    r = subprocess.run([sys.executable, "-m", "deploy.export", "--run", str(tmp_path / "r")], cwd=REPO_ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "summary.json missing" in r.stderr
+
+
+# ---------------------------------------------------------------- runtime
+
+
+def write_pngs(folder: Path, images: torch.Tensor) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        path = folder / f"test{i:03d}.png"
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("key", ["student.int8", "teacher.fp32"])
+def test_runtime_on_png_matches_onnxruntime_on_tensors(exported, cifar10, tmp_path, key):
+    images = cifar10.test.images[:40]
+    paths = write_pngs(tmp_path / "png", images)
+    clf = Classifier(exported / "export" / "manifest.json", key, threads=1)
+    preds = clf.predict_files(paths, k=3, batch_size=16)
+    direct = onnx_logits(exported / "export" / f"{key}.onnx", images.numpy())
+    assert [p.indices[0] for p in preds] == direct.argmax(1).tolist()
+    assert all(len(p.labels) == 3 and p.probs == sorted(p.probs, reverse=True) and 0 < sum(p.probs) <= 1 + 1e-9 for p in preds)
+    assert preds[0].labels[0] == cifar10.classes[preds[0].indices[0]]
+
+
+def test_runtime_imports_no_torch_or_toolkit():
+    code = ("import sys, deploy.runtime, deploy.predict, deploy.manifest, deploy.latency\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'toolkit', 'onnx', 'onnxsim'))\n"
+            "assert not bad, bad\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def predict_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy.predict", *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+def test_predict_cli_on_folder_and_one_line_errors(exported, cifar10, tmp_path):
+    export_dir = tmp_path / "export"
+    shutil.copytree(exported / "export", export_dir)
+    write_pngs(tmp_path / "png", cifar10.test.images[:5])
+    r = predict_cli(export_dir / "manifest.json", tmp_path / "png", "--top-k", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 5 and all(line.count(",") == 1 for line in lines)
+
+    (tmp_path / "notes.png").write_text("not an image")
+    r = predict_cli(export_dir / "manifest.json", tmp_path / "notes.png")
+    assert r.returncode == 1 and r.stderr.strip() == f"error: {tmp_path / 'notes.png'} is not an image Pillow can read"
+
+    model = export_dir / "student.int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    r = predict_cli(export_dir / "manifest.json", tmp_path / "png")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "fails its sha256 check" in r.stderr
+    r = predict_cli(export_dir, tmp_path / "png", "--model", "teacher.fp32")  # other entries still load
+    assert r.returncode == 0, r.stderr
+
+    model.unlink()
+    r = predict_cli(export_dir / "manifest.json", tmp_path / "png")
+    assert r.returncode == 1 and r.stderr.startswith("error: model file missing")
+    with pytest.raises(DeployError, match="not in manifest"):
+        Classifier(export_dir, "student.fp16")
+
+
+def test_runtime_grayscale_and_size_rules(exported, cifar10, tmp_path):
+    img = cifar10.test.images[3].permute(1, 2, 0).numpy()
+    gray = Image.fromarray(img).convert("L")
+    gray.save(tmp_path / "gray.png")
+    big = Image.fromarray(img).resize((64, 80), Image.Resampling.NEAREST)  # portrait, 2x wide, 2.5x tall
+    big.save(tmp_path / "big.png")
+    # grayscale -> RGB by channel replication
+    arr = load_image(tmp_path / "gray.png")
+    assert arr.shape == (32, 32, 3) and np.array_equal(arr[..., 0], np.asarray(gray)) and np.array_equal(arr[..., 0], arr[..., 2])
+    # other size: shorter side to 32 (64x80 -> 32x40), centre crop rows 4..36
+    arr = load_image(tmp_path / "big.png")
+    expect = np.asarray(big.resize((32, 40), Image.Resampling.BILINEAR))[4:36]
+    assert arr.shape == (32, 32, 3) and np.array_equal(arr, expect)
+    clf = Classifier(exported / "export", "teacher.fp32")
+    preds = clf.predict_files([tmp_path / "gray.png", tmp_path / "big.png"])
+    assert len(preds) == 2
+    assert to_input(arr).shape == (1, 3, 32, 32) and to_input(arr).dtype == np.float32
+    strict = Classifier(exported / "export", "teacher.fp32", strict=True)
+    with pytest.raises(DeployError, match="mode L, not RGB"):
+        strict.predict_files([tmp_path / "gray.png"])
+    with pytest.raises(DeployError, match="64x80 px, not 32x32"):
+        strict.predict_files([tmp_path / "big.png"])
