@@ -38,9 +38,9 @@ def make_run_fn(prepared: Prepared):
 def by_config(records: list[dict], configs: list[str], metric: str = "test_acc") -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {c: {} for c in configs}
     for r in records:
-        c = r["params"]["configuration"]
+        c = r["spec"]["configuration"]
         if c in out and r.get(metric) is not None:
-            out[c][r["params"]["seed"]] = float(r[metric])
+            out[c][r["spec"]["seed"]] = float(r[metric])
     return out
 
 
@@ -51,7 +51,7 @@ def paired(values: dict[str, dict[int, float]], a: str, b: str) -> dict:
 
 
 def analyze(records: list[dict], settings: StudySettings) -> dict:
-    configs = [c for c in settings.configs if any(r["params"]["configuration"] == c for r in records)]
+    configs = [c for c in settings.configs if any(r["spec"]["configuration"] == c for r in records)]
     values = by_config(records, configs)
     val_values = by_config(records, configs, "val_acc")
     summary = {c: {**stats.describe(list(values[c].values())), "val": stats.describe(list(val_values[c].values()))}

@@ -110,9 +110,9 @@ def write_report(folder: Path) -> Path:
     if not records:
         raise ToolkitError(f"{folder}: no finished runs in results.jsonl yet")
     # Include configurations/models found in the results even if the latest command chose a subset.
-    settings.configs = list(dict.fromkeys(settings.configs + [r["params"]["configuration"] for r in records]))
+    settings.configs = list(dict.fromkeys(settings.configs + [r["spec"]["configuration"] for r in records]))
     if study["study"] == "sweep":
-        settings.models = list(dict.fromkeys(settings.models + [r["params"]["model"] for r in records]))
+        settings.models = list(dict.fromkeys(settings.models + [r["spec"]["model"] for r in records]))
     planned = list(dict.fromkeys(study.get("plan", []) + [r["key"] for r in records]))
     analysis = module.analyze(records, settings, folder, _log) if module is sweep else module.analyze(records, settings)
     study["_run_seconds"] = sum(float(r.get("seconds") or 0) for r in records)
@@ -135,7 +135,7 @@ def write_report(folder: Path) -> Path:
     text = header(TITLES[study["study"]], study, len(planned), len(records), extra) + "\n"
     text += module.report_body(analysis, folder)
     text += ("\n---\nRebuild this report: `python -m toolkit experiment " + study["study"] +
-             f" --out {folder} --report-only`; raw per-run records (with per-epoch history) in results.jsonl.\n")
+             f" --scale {study['scale']} --out {folder} --report-only`; raw per-run records (with per-epoch history) in results.jsonl.\n")
     atomic_write_text(folder / "report.md", text)
     slim = [{k: v for k, v in r.items() if k != "history"} for r in records]
     atomic_write_json(folder / "results.json", {"study": {k: v for k, v in study.items() if not k.startswith("_")},

@@ -104,11 +104,14 @@ def prepare_shared(settings: StudySettings, folder: Path, device: torch.device, 
 
 def setup_of(prepared: Prepared) -> dict:
     """What the report states about the data and training setup."""
+    from toolkit.device import resolve_precision
+
     cfg, data = prepared.cfg, prepared.data
     return {"data": data.description, "train_images": len(data.train), "val_images": len(data.val),
             "test_images": len(data.test), "teacher": prepared.teacher_info,
             "student": dict(cfg.student.__dict__), "loss": dict(cfg.loss.__dict__), "overlay": dict(cfg.overlay.__dict__),
-            "ig": dict(cfg.ig.__dict__), "teacher_outputs": cfg.teacher_outputs, "precision": cfg.precision,
+            "ig": dict(cfg.ig.__dict__), "teacher_outputs": cfg.teacher_outputs,
+            "precision": resolve_precision(cfg.precision, prepared.device),
             "device": str(prepared.device)}
 
 

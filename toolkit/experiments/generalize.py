@@ -81,8 +81,8 @@ def entries_from_study(folder: Path) -> list[ModelEntry]:
     for key, rec in records.items():
         path = folder / RUNS_DIR / key / rec.get("checkpoint", "student.pt")
         if path.is_file():
-            out.append(ModelEntry(str(folder), key, "student", rec["params"]["configuration"],
-                                  rec["params"].get("seed"), path, teacher))
+            out.append(ModelEntry(str(folder), key, "student", rec["spec"]["configuration"],
+                                  rec["spec"].get("seed"), path, teacher))
     if not out:
         raise ToolkitError(f"{folder}: no student checkpoints found under {RUNS_DIR}/")
     return out

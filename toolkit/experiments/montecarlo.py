@@ -42,12 +42,12 @@ def make_run_fn(prepared: Prepared):
 
 
 def analyze(records: list[dict], settings: StudySettings) -> dict:
-    configs = [c for c in settings.configs if any(r["params"]["configuration"] == c for r in records)]
+    configs = [c for c in settings.configs if any(r["spec"]["configuration"] == c for r in records)]
     values: dict[str, dict[int, float]] = {c: {} for c in configs}
     train_images = sorted({r.get("train_size") for r in records if r.get("train_size")})
     for r in records:
-        if r["params"]["configuration"] in values and r.get("test_acc") is not None:
-            values[r["params"]["configuration"]][r["params"]["run"]] = float(r["test_acc"])
+        if r["spec"]["configuration"] in values and r.get("test_acc") is not None:
+            values[r["spec"]["configuration"]][r["spec"]["run"]] = float(r["test_acc"])
     summary = {c: {**stats.describe(list(values[c].values())), "normality": stats.normality(list(values[c].values()))}
                for c in configs}
     pairs = []

@@ -84,6 +84,19 @@ def folder_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def append_record(path: Path, record: dict) -> None:
+    """Append one JSON line; first terminate a torn last line (a killed writer) so this record stays parseable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            torn = f.read(1) != b"\n"
+        if torn:
+            with open(path, "a") as f:
+                f.write("\n")
+    append_jsonl(path, record)
+
+
 RunFunction = Callable[[RunSpec, Path], dict]
 
 
@@ -106,7 +119,7 @@ class Runner:
         """Run the pending specs of ``shard`` in plan order; returns the records appended by this call.
 
         ``run_fn(spec, run_dir)`` trains (resuming from ``run_dir`` if a checkpoint is there) and returns a dict of
-        results; the runner adds key, params, host, shard, finished time, and appends the line.
+        results; the runner adds key, spec (the spec's params), host, shard, finished time, and appends the line.
         """
         todo = self.pending(specs, shard)
         mine = select_shard(specs, shard)
@@ -120,11 +133,12 @@ class Runner:
             run_dir = self.run_dir(spec)
             run_dir.mkdir(parents=True, exist_ok=True)
             result = run_fn(spec, run_dir)
-            record = {"key": spec.key, "params": spec.params, **result, "host": socket.gethostname(),
+            if "key" in result or "spec" in result:
+                raise ToolkitError("a run function must not return 'key' or 'spec' (the runner sets them)")
+            record = {"key": spec.key, "spec": spec.params, **result, "host": socket.gethostname(),
                       "shard": "/".join(map(str, shard)) if shard else None,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            self.folder.mkdir(parents=True, exist_ok=True)
-            append_jsonl(self.results_path, record)
+            append_record(self.results_path, record)
             records.append(record)
         return records
 

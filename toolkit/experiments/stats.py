@@ -63,10 +63,10 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
         return out
     sd = float(d.std(ddof=1))
     out["std_diff"] = _clean(sd)
-    res = sps.ttest_rel(x, y)
-    out["t"], out["p"] = _clean(res.statistic), _clean(res.pvalue)
-    if sd > 0:
-        out["dz"] = _clean(d.mean() / sd)
+    if sd > 1e-12 * max(1.0, abs(float(d.mean()))):
+        res = sps.ttest_rel(x, y)
+        out["t"], out["p"] = _clean(res.statistic), _clean(res.pvalue)
+        out["dz"] = _clean(d.mean() / sd)  # Cohen's d_z
         half = float(sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
         out["ci"] = [_clean(d.mean() - half), _clean(d.mean() + half)]
     else:

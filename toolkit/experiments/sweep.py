@@ -61,8 +61,8 @@ def latencies(folder: Path, models: list[str], log=print) -> dict[str, dict]:
 def analyze(records: list[dict], settings: StudySettings, folder: Path, log=print) -> dict:
     from toolkit.models.profile import profile_model
 
-    models = [m for m in settings.models if any(r["params"]["model"] == m for r in records)]
-    configs = [c for c in settings.configs if any(r["params"]["configuration"] == c for r in records)]
+    models = [m for m in settings.models if any(r["spec"]["model"] == m for r in records)]
+    configs = [c for c in settings.configs if any(r["spec"]["configuration"] == c for r in records)]
     lat = latencies(folder, models, log)
     rows = []
     for m in models:
@@ -70,7 +70,7 @@ def analyze(records: list[dict], settings: StudySettings, folder: Path, log=prin
         acc = {}
         for c in configs:
             v = [float(r["test_acc"]) for r in records
-                 if r["params"]["model"] == m and r["params"]["configuration"] == c and r.get("test_acc") is not None]
+                 if r["spec"]["model"] == m and r["spec"]["configuration"] == c and r.get("test_acc") is not None]
             acc[c] = {**stats.describe(v), "values": v}
         rows.append({"model": m, "params": prof["params"], "compression_factor": prof["compression_factor"],
                      "family": prof["family"], "mflops": prof["mflops"], "latency": lat[m],
