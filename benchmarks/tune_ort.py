@@ -1,0 +1,118 @@
+"""Tune ONNX Runtime CPU session options (and compare int8 recipes) on random-weight teacher/student pairs.
+
+    python -m benchmarks.tune_ort [--pairs resnet56:resnet20,mobilenetv2_cifar:mobilenetv2_cifar_L5]
+                                  [--threads 1] [--batch 1] [--runs 300] [--out runs/_tune/tune.json]
+
+For each pair: export teacher and student (random weights, fixed seed) to ONNX, quantize the student with each int8
+recipe, then time every model under each session-option variant (batch and threads as given) and print p50 latency
+and the speed-ups student int8 vs teacher ORT fp32 and vs teacher PyTorch eager, measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.edge_latency import OrtSettings, TimingPlan, fixed_input, ort_session, time_ort, time_torch
+from benchmarks.reference_export import Int8Recipe, export_onnx, quantize_int8
+from toolkit import ToolkitError
+from toolkit.io import atomic_write_json
+from toolkit.models import build_model
+
+SESSION_VARIANTS: dict[str, OrtSettings] = {
+    "ort-defaults": OrtSettings(graph_optimization="all", allow_spinning=True, inter_op_threads=0),
+    "basic-opt": OrtSettings(graph_optimization="basic"),
+    "extended-opt": OrtSettings(graph_optimization="extended"),
+    "all-opt": OrtSettings(graph_optimization="all"),
+    "all-opt+no-spin": OrtSettings(graph_optimization="all", allow_spinning=False),
+    "all-opt+no-mem-pattern+no-arena": OrtSettings(graph_optimization="all", enable_mem_pattern=False,
+                                                   enable_cpu_mem_arena=False),
+    "all-opt+parallel": OrtSettings(graph_optimization="all", execution_mode="parallel", inter_op_threads=2),
+}
+
+INT8_RECIPES: dict[str, Int8Recipe] = {
+    "u8s8-per-channel": Int8Recipe(),
+    "u8s8-per-channel+no-preprocess": Int8Recipe(preprocess=False),
+    "u8s8-per-tensor": Int8Recipe(per_channel=False),
+    "s8s8-per-channel": Int8Recipe(activation_type="QInt8"),
+    "u8s8-per-channel+extra-options": Int8Recipe(extra_options={"ForceQuantizeNoInputCheck": True,
+                                                                 "QDQKeepRemovableActivations": False}),
+}
+
+
+def calibration_images(n: int = 128, seed: int = 0) -> np.ndarray:
+    """Real CIFAR-10 training images when the data is present (better calibration), else seeded noise."""
+    try:
+        from toolkit.data import load_cifar10
+
+        images = load_cifar10().train.images[:n].numpy()
+        return images.astype(np.float32) / 255.0
+    except ToolkitError:
+        return fixed_input(n, seed)
+
+
+def tune_pair(teacher_name: str, student_name: str, workdir: Path, batch: int, threads: int, plan: TimingPlan,
+              variants: dict[str, OrtSettings], recipes: dict[str, Int8Recipe]) -> dict:
+    torch.manual_seed(0)
+    teacher, student = build_model(teacher_name).eval(), build_model(student_name).eval()
+    t_path = export_onnx(teacher, workdir / f"{teacher_name}.fp32.onnx")
+    s_path = export_onnx(student, workdir / f"{student_name}.fp32.onnx")
+    calib = calibration_images()
+    int8_paths = {name: quantize_int8(s_path, workdir / f"{student_name}.int8.{i}.onnx", calib, recipe)
+                  for i, (name, recipe) in enumerate(recipes.items())}
+    x = fixed_input(batch)
+    eager = time_torch(teacher, x, threads, plan).p50_ms
+    result = {"teacher": teacher_name, "student": student_name, "batch": batch, "threads": threads,
+              "teacher_eager_p50_ms": eager, "variants": {}}
+    print(f"\n{teacher_name} -> {student_name}: batch {batch}, {threads} thread(s); teacher eager p50 {eager:.3f} ms")
+    for vname, settings in variants.items():
+        t_ms = time_ort(ort_session(str(t_path), threads, settings), x, plan).p50_ms
+        s_ms = time_ort(ort_session(str(s_path), threads, settings), x, plan).p50_ms
+        row = {"settings": settings.to_dict(), "teacher_fp32_p50_ms": t_ms, "student_fp32_p50_ms": s_ms, "int8": {}}
+        for rname, path in int8_paths.items():
+            q_ms = time_ort(ort_session(str(path), threads, settings), x, plan).p50_ms
+            row["int8"][rname] = {"p50_ms": q_ms, "vs_teacher_ort_fp32": t_ms / q_ms, "vs_teacher_eager": eager / q_ms}
+            print(f"  {vname:34s} teacher fp32 {t_ms:7.3f}  student fp32 {s_ms:7.3f}  int8[{rname:32s}] {q_ms:7.3f} ms"
+                  f"  -> {t_ms / q_ms:5.2f}x ORT fp32, {eager / q_ms:5.2f}x eager")
+        result["variants"][vname] = row
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tune_ort", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", default="resnet56:resnet20,mobilenetv2_cifar:mobilenetv2_cifar_L5")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--variants", default=",".join(SESSION_VARIANTS), help="comma-separated names of session variants")
+    p.add_argument("--recipes", default=",".join(INT8_RECIPES), help="comma-separated names of int8 recipes")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    try:
+        variants = {v: SESSION_VARIANTS[v] for v in args.variants.split(",")}
+        recipes = {r: INT8_RECIPES[r] for r in args.recipes.split(",")}
+        pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
+        plan = TimingPlan(warmup=args.warmup, runs=args.runs)
+        results = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for teacher_name, student_name in pairs:
+                results.append(tune_pair(teacher_name, student_name, Path(tmp), args.batch, args.threads, plan,
+                                         variants, recipes))
+        if args.out:
+            atomic_write_json(args.out, {"plan": asdict(plan), "results": results})
+    except (ToolkitError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
