@@ -78,7 +78,7 @@ def compare(role: str, arm: np.ndarray, x86: np.ndarray, labels: np.ndarray) -> 
         out["passed"] = out["prediction_mismatches"] == 0
     else:
         scale = max(1.0, float(np.abs(x86).max())) if x86.size else 1.0
-        out["check"] = f"max |logit diff| <= {FP32_LOGIT_TOL:g} * max(1, max|logit|) = {FP32_LOGIT_TOL * scale:.2g}"
+        out["check"] = f"max abs diff <= {FP32_LOGIT_TOL:g} x max(1, max abs logit) = {FP32_LOGIT_TOL * scale:.2g}"
         out["passed"] = out["max_abs_logit_diff"] <= FP32_LOGIT_TOL * scale
     return out
 

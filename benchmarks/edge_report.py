@@ -117,6 +117,8 @@ def plot_latency(report: dict, path: Path) -> None:
             ax.errorbar(b, p50, yerr=[[0] * len(rows), [hi - lo for lo, hi in zip(p50, p99)]], marker="o", capsize=3,
                         label=MODEL_LABELS[key])
         ax.set_xscale("log", base=2)
+        batches = sorted({r["batch"] for r in report["latency"]})
+        ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_title(f"{t} intra-op thread(s)")

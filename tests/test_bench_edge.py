@@ -1,0 +1,301 @@
+"""benchmarks.bench_edge: timing statistics, export verification, the full harness on a small real export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import bench_edge
+from benchmarks.edge_export import load_export, parse_manifest, sha256_file
+from benchmarks.edge_latency import TimingPlan, fixed_input, percentile, summarize, time_callable
+from benchmarks.reference_export import write_reference_export
+from toolkit import ToolkitError
+from toolkit.models import build_model, save_checkpoint
+from toolkit.models.profile import count_params
+
+TINY = ["--batches", "1,2", "--threads", "1", "--runs", "3", "--warmup", "1"]
+
+
+# ---------------------------------------------------------------- statistics and timing
+
+
+def test_percentile_linear_interpolation():
+    values = list(range(1, 11))  # 1..10
+    assert percentile(values, 0) == 1 and percentile(values, 100) == 10
+    assert percentile(values, 50) == pytest.approx(5.5)
+    assert percentile(values, 90) == pytest.approx(9.1)
+    assert percentile(values, 99) == pytest.approx(9.91)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([3, 1, 2], 50) == 2  # order of the sample does not matter
+    with pytest.raises(ToolkitError):
+        percentile([], 50)
+    with pytest.raises(ToolkitError):
+        percentile([1, 2], 101)
+
+
+def test_summarize_orders_percentiles_and_throughput():
+    rng = np.random.default_rng(0)
+    times = rng.lognormal(0.0, 0.5, size=500)
+    s = summarize(times, batch=8)
+    assert s.runs == 500
+    assert s.min_ms <= s.p50_ms <= s.p90_ms <= s.p99_ms <= s.max_ms
+    assert s.mean_ms == pytest.approx(times.mean())
+    assert s.images_per_s == pytest.approx(8 * 1000 / times.mean())
+    with pytest.raises(ToolkitError):
+        summarize([], batch=1)
+
+
+def test_time_callable_counts_warmup_and_runs():
+    calls = []
+    times = time_callable(lambda: calls.append(1), TimingPlan(warmup=4, runs=7))
+    assert len(times) == 7 and len(calls) == 11 and all(t >= 0 for t in times)
+    calls.clear()
+    times = time_callable(lambda: calls.append(1), TimingPlan(warmup=0, runs=0, duration_s=1e-9, min_runs=5))
+    assert len(times) == 5  # the duration has passed after the first run; the floor keeps it going to 5
+    with pytest.raises(ToolkitError):
+        TimingPlan(runs=0, duration_s=0)
+
+
+def test_fixed_input_is_seeded():
+    a, b = fixed_input(4, seed=3), fixed_input(4, seed=3)
+    assert a.dtype == np.float32 and a.shape == (4, 3, 32, 32)
+    assert np.array_equal(a, b) and not np.array_equal(a, fixed_input(4, seed=4))
+    assert 0.0 <= a.min() and a.max() < 1.0
+
+
+# ---------------------------------------------------------------- fixtures: a small real export
+
+
+def _write_synthetic_cifar(folder: Path) -> Path:
+    from toolkit.data import make_synthetic
+
+    data = make_synthetic(n_train_per_class=2, n_test_per_class=20)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, s in (("train", data.train), ("test", data.test)):
+        np.savez(folder / f"cifar10_{split}.npz", x=s.images.numpy().transpose(0, 2, 3, 1), y=s.labels.numpy())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_run(tmp_path_factory):
+    """runs/fixture with random-weight ResNet-14 teacher / ResNet-8 student, their ONNX export and a data folder."""
+    base = tmp_path_factory.mktemp("bench")
+    root = base / "runs" / "fixture"
+    torch.manual_seed(0)
+    teacher, student = build_model("resnet14").eval(), build_model("resnet8").eval()
+    save_checkpoint(teacher, "resnet14", root / "teacher.pt")
+    save_checkpoint(student, "resnet8", root / "student.pt")
+    summary = {"preset": "fixture", "seed": 0,
+               "teacher": {"name": "resnet14", "params": count_params(teacher), "checkpoint": "teacher.pt"},
+               "student": {"name": "resnet8", "params": count_params(student), "checkpoint": "student.pt"}}
+    (root / "summary.json").write_text(json.dumps(summary))
+    write_reference_export(root / "export", teacher, student, fixed_input(32, seed=1),
+                           names={"teacher": "resnet14", "student": "resnet8"}, max_int8_drop=100.0)
+    return root, _write_synthetic_cifar(base / "data")
+
+
+def _copy_run(export_run, tmp_path) -> Path:
+    root, _ = export_run
+    dst = tmp_path / "runs" / "copy"
+    shutil.copytree(root, dst, ignore=shutil.ignore_patterns("bench"))
+    return dst
+
+
+def _main(run: Path, data: Path, *extra: str) -> int:
+    return bench_edge.main(["--run", str(run), "--data-dir", str(data), *TINY, "--no-aarch64", *extra])
+
+
+# ---------------------------------------------------------------- the harness end to end
+
+
+def test_harness_writes_report_with_sane_values(export_run, capsys):
+    root, data = export_run
+    assert _main(root, data) == 0
+    bench = root / "bench"
+    report = json.loads((bench / "report.json").read_text())
+    for key in ("machine", "settings", "models", "latency", "speedups", "accuracy", "aarch64", "plots", "export"):
+        assert key in report
+    assert report["machine"]["onnxruntime"] and "avx512_vnni" in report["machine"]["cpu_flags"]
+    assert set(report["models"]) == {"teacher.fp32.eager", "teacher.fp32", "student.fp32", "student.int8"}
+    rows = report["latency"]
+    assert len(rows) == 4 * 2 * 1
+    for r in rows:
+        assert r["runs"] == 3
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["images_per_s"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
+    assert {(s["batch"], s["threads"]) for s in report["speedups"]} == {(1, 1), (2, 1)}
+    assert all(s["int8_vs_teacher_ort_fp32"] > 0 and s["int8_vs_teacher_eager"] > 0 for s in report["speedups"])
+
+    acc = report["accuracy"]
+    assert acc["n"] == 200 and acc["data"].startswith("CIFAR-10")
+    for m in acc["models"].values():
+        assert 0 <= m["top1"] <= 100 and len(m["per_class"]) == 10
+    assert set(acc["agreement"]) >= {"student.int8 vs student.fp32", "student.int8 vs teacher.fp32"}
+    # ONNX Runtime fp32 and PyTorch eager compute the same teacher
+    assert acc["agreement"]["teacher.fp32 vs teacher.fp32.eager"] == 100.0
+    assert acc["max_abs_logit_diff"]["teacher.fp32 vs teacher.fp32.eager"] < 1e-3
+    drop = acc["models"]["student.fp32"]["top1"] - acc["models"]["student.int8"]["top1"]
+    assert acc["int8"]["drop_points"] == pytest.approx(drop)
+    assert acc["int8"]["max_drop"] == 100.0 and acc["int8"]["within_gate"] is True
+    assert report["aarch64"]["status"] == "skipped"
+
+    md = (bench / "report.md").read_text()
+    assert "## Latency (ms per batch)" in md and "student ORT int8" in md and "Per-class" in md
+    assert report["plots"] == ["latency_by_model.png", "accuracy_vs_latency.png"]
+    for name in report["plots"]:
+        assert (bench / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_test_subset_and_duration_mode(export_run, tmp_path):
+    run = _copy_run(export_run, tmp_path)
+    _, data = export_run
+    args = ["--run", str(run), "--data-dir", str(data), "--batches", "1", "--threads", "1", "--duration", "0.01",
+            "--min-runs", "4", "--warmup", "0", "--test-subset", "50", "--no-aarch64"]
+    assert bench_edge.main(args) == 0
+    report = json.loads((run / "bench" / "report.json").read_text())
+    assert report["accuracy"]["n"] == 50 and report["accuracy"]["subset"] is True
+    assert all(r["runs"] >= 4 for r in report["latency"])
+    assert report["settings"]["timing"]["duration_s"] == 0.01
+
+
+def test_smoke_preset_gets_quick_settings(export_run, tmp_path):
+    run = _copy_run(export_run, tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "preset": "smoke"}))
+    cfg = bench_edge.config_from_args(["--run", str(run)])
+    assert cfg.quick and cfg.batches == (1, 8) and cfg.threads == (1,) and cfg.test_subset == 1000
+    cfg = bench_edge.config_from_args(["--run", str(run), "--batches", "4", "--test-subset", "10"])
+    assert cfg.batches == (4,) and cfg.test_subset == 10
+
+
+def test_aarch64_flag_skips_cleanly_when_not_set_up(export_run, tmp_path, monkeypatch, capsys):
+    run = _copy_run(export_run, tmp_path)
+    _, data = export_run
+    monkeypatch.setenv("AARCH64_ROOT", str(tmp_path / "no-aarch64-here"))
+    assert bench_edge.main(["--run", str(run), "--data-dir", str(data), *TINY, "--aarch64", "--batches", "1"]) == 0
+    report = json.loads((run / "bench" / "report.json").read_text())
+    assert report["aarch64"]["status"] == "skipped" and "setup.sh" in report["aarch64"]["message"]
+    assert "aarch64 check skipped" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bad exports: one line, exit 2
+
+
+def _expect_error(capsys, run: Path, data: Path, fragment: str) -> None:
+    assert _main(run, data) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and fragment in err, err
+
+
+def test_missing_manifest(export_run, tmp_path, capsys):
+    run = _copy_run(export_run, tmp_path)
+    (run / "export" / "manifest.json").unlink()
+    _expect_error(capsys, run, export_run[1], "manifest missing")
+
+
+def test_missing_export_and_run(export_run, tmp_path, capsys):
+    run = _copy_run(export_run, tmp_path)
+    shutil.rmtree(run / "export")
+    _expect_error(capsys, run, export_run[1], "export folder not found")
+    _expect_error(capsys, tmp_path / "nope", export_run[1], "run folder not found")
+
+
+def test_corrupt_manifest_json(export_run, tmp_path, capsys):
+    run = _copy_run(export_run, tmp_path)
+    (run / "export" / "manifest.json").write_text("{not json")
+    _expect_error(capsys, run, export_run[1], "not valid JSON")
+
+
+def test_manifest_missing_role(export_run, tmp_path, capsys):
+    run = _copy_run(export_run, tmp_path)
+    path = run / "export" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["models"]["student.int8"]
+    path.write_text(json.dumps(manifest))
+    _expect_error(capsys, run, export_run[1], "lacks model(s) student.int8")
+
+
+def test_sha256_mismatch(export_run, tmp_path, capsys):
+    run = _copy_run(export_run, tmp_path)
+    with open(run / "export" / "student.int8.onnx", "ab") as f:
+        f.write(b"\0")
+    _expect_error(capsys, run, export_run[1], "fails its sha256 check")
+
+
+def test_not_an_onnx_file(export_run, tmp_path, capsys):
+    run = _copy_run(export_run, tmp_path)
+    bad = run / "export" / "teacher.fp32.onnx"
+    bad.write_bytes(b"this is not a protobuf \xff\xfe" * 10)
+    path = run / "export" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["models"]["teacher.fp32"]["sha256"] = sha256_file(bad)  # hash matches: the content itself is bad
+    path.write_text(json.dumps(manifest))
+    _expect_error(capsys, run, export_run[1], "not a valid ONNX model")
+
+
+def test_bad_cli_values(export_run, capsys):
+    root, data = export_run
+    assert bench_edge.main(["--run", str(root), "--data-dir", str(data), "--batches", "1,x"]) == 2
+    assert "error: --batches" in capsys.readouterr().err
+    assert bench_edge.main(["--run", str(root), "--data-dir", str(data), "--threads", "0"]) == 2
+    assert "thread counts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- manifest coupling
+
+
+def test_parse_manifest_reads_deploy_schema(tmp_path):
+    """The keys deploy.manifest writes (schema, models.*.file/sha256/input/output/architecture/accuracy)."""
+    entry = {"file": "x.onnx", "sha256": "AB" * 32, "size_bytes": 1, "role": "student", "precision": "int8",
+             "architecture": "resnet8", "opset": 17, "input": {"name": "input", "shape": ["batch", 3, 32, 32]},
+             "output": {"name": "logits", "shape": ["batch", 10]},
+             "accuracy": {"top1": 91.5, "n": 10000, "max_drop": 0.5, "drop_points": 0.1}}
+    raw = {"schema": "edge-distill-export-manifest", "schema_version": 1,
+           "models": {"teacher.fp32": {**entry, "precision": "fp32", "accuracy": {"top1": 93.0}},
+                      "student.fp32": {**entry, "precision": "fp32", "accuracy": {"top1": 91.6}},
+                      "student.int8": entry}}
+    info = parse_manifest(raw, tmp_path)
+    assert info.max_int8_drop == 0.5 and info.schema == "edge-distill-export-manifest"
+    assert info.models["student.int8"].path == tmp_path / "x.onnx"
+    assert info.models["student.int8"].sha256 == "ab" * 32 and info.models["teacher.fp32"].export_top1 == 93.0
+    with pytest.raises(ToolkitError, match="needs 'file' and 'sha256'"):
+        parse_manifest({"models": {**raw["models"], "student.fp32": {"file": 3}}}, tmp_path)
+
+
+def test_load_export_of_reference_export(export_run):
+    info = load_export(export_run[0] / "export")
+    assert set(info.models) == {"teacher.fp32", "student.fp32", "student.int8"}
+    assert info.models["student.int8"].architecture == "resnet8" and info.max_int8_drop == 100.0
+
+
+# ---------------------------------------------------------------- aarch64 under emulation (when set up)
+
+
+@pytest.mark.integration
+def test_aarch64_parity_under_qemu(export_run, tmp_path):
+    from benchmarks.edge_aarch64 import run_aarch64, target
+    from benchmarks.bench_edge import ORT_ROLES, ort_logits
+    from benchmarks.edge_latency import ort_session
+
+    tgt = target()
+    if tgt.missing():
+        pytest.skip(tgt.missing())
+    root, _ = export_run
+    info = load_export(root / "export")
+    images = (fixed_input(6, seed=5) * 255).astype(np.uint8)
+    labels = np.arange(6) % 10
+    x86 = {r: ort_logits(ort_session(str(info.models[r].path), 1), images, 6) for r in ORT_ROLES}
+    result = run_aarch64(info, images, labels, x86, tmp_path / "a64",
+                         {"teacher.fp32": 2, "student.fp32": 2, "student.int8": 6}, tgt, latency_runs=1)
+    assert result["status"] == "ok", result
+    assert result["guest"]["machine"] == "aarch64"
+    assert result["models"]["student.int8"]["n"] == 6 and result["models"]["teacher.fp32"]["n"] == 2
+    for role, r in result["models"].items():
+        assert r["passed"], (role, r)
+        assert r["emulated_batch1_p50_ms"] > 0
