@@ -174,3 +174,128 @@ def test_cli_errors_are_one_line(capsys):
 def test_report_only_without_results_fails_cleanly(tmp_path, capsys):
     assert main(["experiment", "ablation", "--scale", "smoke", "--out", str(tmp_path / "none"), "--report-only"]) == 2
     assert "not a study folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the four commands end to end (smoke scale)
+def _run(*argv: str) -> None:
+    assert main(["experiment", *argv]) == 0
+
+
+@pytest.fixture(scope="module")
+def smoke_ablation(tmp_path_factory):
+    """The ablation at smoke scale run as two shards on 'two machines' sharing one prepared teacher, then merged."""
+    if not (Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10").is_dir():
+        pytest.skip("../shared not present")
+    root = tmp_path_factory.mktemp("studies")
+    a, b, merged = root / "abl-a", root / "abl-b", root / "ablation"
+    _run("ablation", "--scale", "smoke", "--out", str(a), "--prepare-only")
+    assert (a / "shared" / "teacher.pt").is_file() and not (a / "results.jsonl").exists()
+    shutil.copytree(a / "shared", b / "shared")
+    _run("ablation", "--scale", "smoke", "--out", str(a), "--shard", "0/2")
+    _run("ablation", "--scale", "smoke", "--out", str(b), "--shard", "1/2")
+    assert "incomplete: 2 of 4" in (a / "report.md").read_text()
+    _run("merge", str(a), str(b), "--out", str(merged))
+    return root, merged
+
+
+@pytest.mark.integration
+@requires_shared_data
+@requires_shared_checkpoints
+def test_ablation_end_to_end(smoke_ablation, capsys):
+    root, folder = smoke_ablation
+    report = (folder / "report.md").read_text()
+    for text in ("CIFAR-10 (JPEG q75 copy)", "--scale smoke", "Hardware", "Time taken", "4 of 4 (complete)",
+                 "Paired t-tests against Student", "Holm", "d_z", "KD_IG − Student"):
+        assert text in report
+    result = json.loads((folder / "results.json").read_text())
+    analysis = result["analysis"]
+    assert analysis["configs"] == ["Student", "KD_IG"] and analysis["summary"]["Student"]["n"] == 2
+    (row,) = analysis["vs_student"]
+    assert row["seeds"] == [0, 1] and len(result["records"]) == 4
+    acc = {r["key"]: r["test_acc"] for r in result["records"]}
+    assert row["mean_diff"] == pytest.approx((acc["KD_IG-s0"] - acc["Student-s0"] + acc["KD_IG-s1"] - acc["Student-s1"]) / 2)
+    for png in ("ablation_accuracy.png", "ablation_vs_student.png"):
+        assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+    assert all((folder / "runs" / k / "student.pt").is_file() for k in acc)
+    # a rerun trains nothing; --report-only rebuilds the report from results.jsonl
+    lines = (folder / "results.jsonl").read_text()
+    capsys.readouterr()
+    _run("ablation", "--scale", "smoke", "--out", str(folder))
+    assert "already recorded" in capsys.readouterr().out and (folder / "results.jsonl").read_text() == lines
+    (folder / "report.md").unlink()
+    _run("ablation", "--scale", "smoke", "--out", str(folder), "--report-only")
+    assert "4 of 4 (complete)" in (folder / "report.md").read_text()
+
+
+@pytest.mark.integration
+@requires_shared_data
+@requires_shared_checkpoints
+def test_montecarlo_end_to_end(smoke_ablation):
+    root, ablation_folder = smoke_ablation
+    folder = root / "montecarlo"
+    shutil.copytree(ablation_folder / "shared", folder / "shared")  # same teacher and IG maps, reused
+    _run("montecarlo", "--scale", "smoke", "--out", str(folder))
+    result = json.loads((folder / "results.json").read_text())["analysis"]
+    assert result["train_images"] == [240]  # 80% of the 300-image smoke train split, stratified
+    assert result["summary"]["KD_IG"]["n"] == 3 and result["summary"]["KD_IG"]["normality"]["shapiro_p"] is not None
+    (pair,) = result["pairs"]
+    assert pair["welch_p"] is not None and pair["student_p"] is not None
+    report = (folder / "report.md").read_text()
+    assert "Lilliefors" in report and "Welch" in report and "equal-var" in report
+    assert (folder / "montecarlo_histograms.png").is_file()
+
+
+@pytest.mark.integration
+@requires_shared_data
+@requires_shared_checkpoints
+def test_sweep_end_to_end(smoke_ablation):
+    root, ablation_folder = smoke_ablation
+    folder = root / "sweep"
+    shutil.copytree(ablation_folder / "shared", folder / "shared")
+    _run("sweep", "--scale", "smoke", "--out", str(folder))
+    rows = json.loads((folder / "results.json").read_text())["analysis"]["rows"]
+    assert [r["model"] for r in rows] == ["resnet8", "resnet14"]
+    assert rows[0]["compression_factor"] > rows[1]["compression_factor"] > 1
+    assert all(r["latency"]["median_ms"] > 0 and "batch 1, 1 thread" in r["latency"]["method"] for r in rows)
+    assert all(r["accuracy"]["KD_IG"]["n"] == 1 for r in rows)
+    assert (folder / "sweep_accuracy_vs_cf.png").is_file() and (folder / "sweep_accuracy_vs_latency.png").is_file()
+    assert json.loads((folder / "latency.json").read_text()).keys() == {"resnet8", "resnet14"}
+
+
+@pytest.mark.integration
+@requires_shared_data
+@requires_shared_checkpoints
+def test_generalize_end_to_end(smoke_ablation, pretrained_run, tmp_path):
+    from toolkit.data import load_imagenet_aligned
+    from toolkit.evaluate import predict_logits
+    from toolkit.experiments import stats
+    from toolkit.models import load_model
+
+    _, ablation_folder = smoke_ablation
+    out = tmp_path / "gen"
+    _run("generalize", "--scale", "smoke", "--run", str(pretrained_run), "--study", str(ablation_folder), "--out", str(out))
+    result = json.loads((out / "results.json").read_text())
+    assert result["classes_present"] == [1, 2, 3, 4, 5, 6, 8, 9] and result["images"] == 1450
+    models = result["models"]
+    assert len(models) == 1 + 4 and models[0]["label"] == "student" and models[0]["model"] == "resnet8"
+    # recompute the fixture teacher's teacher-correct subset and the student's scores independently
+    data = load_imagenet_aligned("val")
+    y = data.labels.numpy()
+    t = predict_logits(load_model("resnet20", pretrained_run / "teacher.pt"), data.images).argmax(1).numpy()
+    s = predict_logits(load_model("resnet8", pretrained_run / "student.pt"), data.images).argmax(1).numpy()
+    assert result["teachers"][0]["all"]["accuracy"] == pytest.approx(100 * (t == y).mean())
+    keep = t == y
+    tc = models[0]["teacher_correct"]
+    assert tc["n"] == int(keep.sum())
+    assert tc["balanced_accuracy"] == pytest.approx(stats.balanced_accuracy(y[keep], s[keep], [1, 2, 3, 4, 5, 6, 8, 9]))
+    assert tc["kappa"] == pytest.approx(stats.cohens_kappa(y[keep], s[keep], 10))
+    report = (out / "report.md").read_text()
+    assert "balanced" in report.lower() and "kappa" in report and "Teacher-correct" in report
+    assert (out / "generalize.png").is_file()
+
+
+def test_generalize_bad_input(tmp_path, capsys):
+    assert main(["experiment", "generalize", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "g")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    assert main(["experiment", "generalize", "--study", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    assert "not a study folder" in capsys.readouterr().err

@@ -212,7 +212,7 @@ def run_generalize(ns: argparse.Namespace, command: str) -> int:
             import json
 
             data_names.add(json.loads((src / "summary.json").read_text()).get("data", ""))
-    study = {"study": "generalize", "scale": settings.scale, "preset": "-", "overrides": [],
+    study = {"study": "generalize", "scale": settings.scale, "preset": "none: evaluation only", "overrides": [],
              "data": "models trained on " + ("; ".join(sorted(d for d in data_names if d)) or "CIFAR-10")
              + "; evaluated on the ImageNet-aligned set (Tiny ImageNet, 29 synsets mapped to 8 CIFAR-10 classes, 32x32)",
              "invocations": [{"command": command, "seconds": seconds, "hardware_line": hardware_line(hw)}],

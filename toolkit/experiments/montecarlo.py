@@ -74,7 +74,8 @@ def report_body(result: dict, folder: Path) -> str:
                      fmt_p(nt["lilliefors_p"]), fmt(nt["shapiro_W"], 3), fmt_p(nt["shapiro_p"])])
     parts.append(table(["configuration", "n", "mean ± std", "min", "max", "Lilliefors D", "Lilliefors p",
                         "Shapiro W", "Shapiro p"], rows))
-    parts += ["", "Small p: evidence against normality (Lilliefors p from statsmodels' table, accurate to about 0.001-0.2)."]
+    parts += ["", "Small p: evidence against normality (Lilliefors p from statsmodels' table, accurate to about 0.001-0.2; "
+              "'-' where n < 4 for Lilliefors or n < 3 for Shapiro-Wilk)."]
     if result["pairs"]:
         rows = [[f"{r['a']} − {r['b']}", fmt(r["mean_diff"]), f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]",
                  fmt(r["welch_t"]), fmt_p(r["welch_p"]), fmt_p(r["welch_p_holm"]), fmt(r["student_t"]),

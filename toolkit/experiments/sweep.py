@@ -79,15 +79,22 @@ def analyze(records: list[dict], settings: StudySettings, folder: Path, log=prin
 
 
 def report_body(result: dict, folder: Path) -> str:
+    from toolkit.experiments.runner import read_study
+
     configs = result["configs"]
+    teacher = (read_study(folder).get("setup") or {}).get("teacher") or {}
+    t_params = teacher.get("params")
     methods = sorted({r["latency"]["method"] for r in result["rows"]})
     hosts = sorted({r["latency"].get("hardware", "-") for r in result["rows"]})
     parts = ["## Accuracy (last-epoch test %, mean ± std over seeds) against compression", "",
-             table(["student", "params", "CF", "MFLOPs", "latency median (ms)", "latency p90 (ms)"] + configs,
-                   [[r["model"], f"{r['params']:,}", f"{r['compression_factor']:.2f}x", fmt(r["mflops"]),
+             table(["student", "params", "CF (family teacher)", f"CF vs this study's teacher ({teacher.get('name', '-')})",
+                    "MFLOPs", "latency median (ms)", "latency p90 (ms)"] + configs,
+                   [[r["model"], f"{r['params']:,}", f"{r['compression_factor']:.2f}x",
+                     f"{t_params / r['params']:.2f}x" if t_params else "-", fmt(r["mflops"]),
                      fmt(r["latency"]["median_ms"], 3), fmt(r["latency"]["p90_ms"], 3)]
                     + [mean_std(r["accuracy"][c]) for c in configs] for r in result["rows"]]),
-             "", "CF = parameters of the family's teacher / parameters of the student (toolkit.models.profile). "
+             "", "CF = parameters of the family's teacher (mobilenetv2_cifar or resnet56) / parameters of the student "
+             "(toolkit.models.profile); the plots use it. MFLOPs: one 32x32 forward (multiply-add = 2). "
              f"Latency: {'; '.join(methods)}; one 32x32 image, median of 100 timed runs after 20 warm-up runs, on "
              f"{'; '.join(hosts)}.", ""]
     if "Student" in configs:
