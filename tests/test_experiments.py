@@ -12,6 +12,7 @@ import pytest
 from toolkit import ToolkitError
 from toolkit.cli import main
 from toolkit.experiments import ablation, montecarlo, sweep
+from toolkit.experiments.common import base_config
 from toolkit.experiments.runner import (RunSpec, Runner, load_results, merge_folders, parse_shard, read_study,
                                         select_shard)
 from toolkit.experiments.scales import STUDIES, list_scales, load_scale, parse_seeds
@@ -132,6 +133,9 @@ def test_every_scale_loads_for_every_study():
         for study in STUDIES:
             s = load_scale(study, scale)
             assert s.preset in ("smoke", "cpu", "paper")
+            if study != "generalize":
+                cfg = base_config(s)  # the preset plus the scale's overrides validate
+                assert cfg.progress is False and cfg.baseline is False
     paper = load_scale("ablation", "paper")
     assert len(paper.configs) == 8 and paper.seeds == list(range(10))
     mc = load_scale("montecarlo", "paper")
