@@ -23,10 +23,10 @@ from conftest import RESNET_CHECKPOINTS, requires_shared_checkpoints, requires_s
 CPU = torch.device("cpu")
 
 
-def _teacher(seed: int = 0) -> torch.nn.Module:
-    """A random ResNet-8 whose BatchNorm is not the identity (so folding BN into convs is really exercised)."""
+def _teacher(seed: int = 0, name: str = "resnet8") -> torch.nn.Module:
+    """A random model (ResNet-8 by default) whose BatchNorm is not the identity (so BN folding is really exercised)."""
     torch.manual_seed(seed)
-    model = build_model("resnet8").eval()
+    model = build_model(name).eval()
     g = torch.Generator().manual_seed(seed + 1)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -91,8 +91,9 @@ def test_bad_inputs_are_refused(data):
                         CPU, "fp32", progress=False)
 
 
-def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data):
-    model = _teacher()
+@pytest.mark.parametrize("name", ["resnet8", "mobilenetv2_cifar_L13"])
+def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data, name):
+    model = _teacher(name=name)
     images, labels = data.train.images[:8], data.train.labels[:8]
     cfg = IGConfig(batch_size=8)
     fp32 = compute_ig_maps(model, images, labels, cfg, CPU, "fp32", progress=False)
@@ -105,6 +106,27 @@ def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data):
         a, _ = apply_ig_overlay(x, fp32, ocfg, torch.Generator().manual_seed(0))
         b, _ = apply_ig_overlay(x, bf16, ocfg, torch.Generator().manual_seed(0))
         assert float((a - b).abs().mean()) < 0.01
+
+
+def test_private_teacher_copy_folds_bn_and_keeps_strided_depthwise_fp32():
+    from toolkit.attribution.ig import Float32Conv, prepare_teacher
+
+    teacher = _teacher(name="mobilenetv2_cifar_L13")  # holds one stride-2 depthwise conv
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    copy = prepare_teacher(teacher, CPU, cast_dtype=torch.bfloat16, fp32_strided_depthwise=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    wrapped = [m for m in copy.modules() if isinstance(m, Float32Conv)]
+    assert len(wrapped) == 1 and wrapped[0].conv.stride == (2, 2) and wrapped[0].conv.weight.dtype == torch.float32
+    assert all(not p.requires_grad for p in copy.parameters())
+    assert not any(getattr(m, "inplace", False) for m in copy.modules())
+    # the caller's teacher is untouched
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
+    assert any(getattr(m, "inplace", False) for m in teacher.modules())
+    x = torch.rand(4, 3, 32, 32)
+    fp32_copy = prepare_teacher(teacher, CPU)
+    with torch.no_grad():
+        assert torch.allclose(fp32_copy(x.contiguous(memory_format=torch.channels_last)), teacher(x), rtol=1e-4, atol=1e-5)
 
 
 def test_cache_rows_are_aligned_with_sample_index(tmp_path, data):

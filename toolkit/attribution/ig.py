@@ -54,14 +54,44 @@ def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(step_sizes_fn(steps), dtype=torch.float64), torch.tensor(alphas_fn(steps), dtype=torch.float64)
 
 
+class Float32Conv(nn.Module):
+    """Runs the wrapped convolution in float32 whatever the surrounding dtype or autocast, returning the input's dtype.
+
+    Used for strided depthwise convolutions on CPU, whose bf16 input-gradient kernel (oneDNN, torch 2.14) is about
+    20x slower than the float32 one; the few such layers then cost little in fp32.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.conv(x.float()).to(x.dtype)
+
+
+def _is_strided_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and tuple(m.stride) != (1, 1)
+
+
+def _wrap_strided_depthwise(model: nn.Module) -> nn.Module:
+    targets = [name for name, m in model.named_modules() if _is_strided_depthwise(m)]
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Float32Conv(getattr(parent, child)))
+    return model
+
+
 def low_precision_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def prepare_teacher(teacher: nn.Module, device: torch.device, channels_last: bool = True, fuse_bn: bool = True,
-                    cast_dtype: torch.dtype | None = None) -> nn.Module:
+                    cast_dtype: torch.dtype | None = None, fp32_strided_depthwise: bool = False) -> nn.Module:
     """A private eval-mode copy of ``teacher`` for IG: BatchNorm folded into convs (when fx can trace it),
-    parameters frozen (no grad), on ``device``, optionally channels_last and cast to ``cast_dtype``.
+    parameters frozen (no grad), on ``device``, optionally channels_last and cast to ``cast_dtype``;
+    ``fp32_strided_depthwise`` keeps strided depthwise convs in float32 (see ``Float32Conv``).
     The caller's module is untouched."""
     model = copy.deepcopy(teacher).eval()
     if fuse_bn:
@@ -73,9 +103,14 @@ def prepare_teacher(teacher: nn.Module, device: torch.device, channels_last: boo
             pass
     for p in model.parameters():
         p.requires_grad_(False)
+    for m in model.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False  # in-place ReLU6 (hardtanh_) would clone its input for the backward pass
     model = model.to(device)
     if cast_dtype is not None:
         model = model.to(cast_dtype)
+    if fp32_strided_depthwise:
+        model = _wrap_strided_depthwise(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
@@ -188,8 +223,9 @@ def compute_ig_maps(
     share = math.ceil(n_total / world) if world > 1 else n_total
     lo, hi = min(rank * share, n_total), min((rank + 1) * share, n_total)
     cast = cast and low_precision_dtype(precision) is not None
+    low = low_precision_dtype(precision)
     model = prepare_teacher(teacher, device, channels_last=channels_last, fuse_bn=fuse_bn,
-                            cast_dtype=low_precision_dtype(precision) if cast else None)
+                            cast_dtype=low if cast else None, fp32_strided_depthwise=low is not None and device.type == "cpu")
     reference = copy.deepcopy(teacher).eval().to(device) if cfg.target == "pred" else None
     if reference is not None:
         for p in reference.parameters():

@@ -1,0 +1,264 @@
+"""Pipeline speed, side by side on one machine: the reference way vs this toolkit's way.
+
+    python -m benchmarks.bench_pipeline [--model mobilenetv2_cifar_L5] [--teacher mobilenetv2_cifar]
+        [--train-images 2048] [--ig-images 16] [--threads 2]
+
+(a) reference: torchvision PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor) through a
+    DataLoader over PIL images, fp32 eager student training with Adam (batch 64); captum IntegratedGradients,
+    fp32, internal_batch_size 8.
+(b) ours: in-memory uint8 tensors, batched crop/flip (toolkit.data.augment), bf16 autocast + channels_last
+    training; toolkit.attribution.compute_ig_maps (bf16).
+Prints images/s and the speed-up for student training and IG precomputation, and the bf16 cost proxies
+(IG map agreement with captum fp32, overlay change, student logits agreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toolkit import ToolkitError
+from toolkit.config import IGConfig, OverlayConfig
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """CIFAR10-style dataset: PIL images made from uint8 (N, 32, 32, 3) arrays, transformed per item."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform):
+        from PIL import Image
+
+        self.images = [Image.fromarray(a) for a in images_hwc]
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def _timed_epoch(step, batches, warmup: int) -> tuple[float, int]:
+    """Run ``step(batch)`` over ``batches``; return (seconds, images) excluding the first ``warmup`` batches."""
+    t0, seen = None, 0
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        step(x, y)
+        if i >= warmup:
+            seen += x.shape[0]
+    if t0 is None or seen == 0:
+        raise ToolkitError("too few training images for the warm-up batches; raise --train-images")
+    return time.perf_counter() - t0, seen
+
+
+def bench_train_reference(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, workers: int, warmup: int) -> float:
+    from torchvision import transforms
+
+    from toolkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+    ds = _PILDataset(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds, seen = _timed_epoch(step, loader, warmup)
+    return seen / seconds
+
+
+def bench_train_ours(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, precision: str, compile_model: bool,
+                     warmup: int) -> float:
+    from toolkit.data import index_batches, random_crop_flip, to_float
+    from toolkit.device import autocast
+    from toolkit.models import build_model
+
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = build_model(model_name).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fwd = torch.compile(model) if compile_model else model
+    g = torch.Generator().manual_seed(0)
+
+    def batches():
+        for idx in index_batches(images.shape[0], batch, g, drop_last=True):
+            x, _ = random_crop_flip(to_float(images[idx]), g, 4)
+            yield x.contiguous(memory_format=torch.channels_last), labels[idx]
+
+    def step(x, y):
+        with autocast(device, precision):
+            loss = F.cross_entropy(fwd(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds, seen = _timed_epoch(step, batches(), warmup + (2 if compile_model else 0))
+    return seen / seconds
+
+
+def bench_ig_reference(teacher, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[float, torch.Tensor]:
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(teacher)
+    x = images.float() / 255.0
+    base = teacher.normalize.mean.expand_as(x)
+    ig.attribute(x[:1], baselines=base[:1], target=labels[:1], n_steps=steps, method="gausslegendre", internal_batch_size=8)
+    t0 = time.perf_counter()
+    attr = ig.attribute(x, baselines=base, target=labels, n_steps=steps, method="gausslegendre", internal_batch_size=8)
+    return x.shape[0] / (time.perf_counter() - t0), attr.abs().sum(1).detach()
+
+
+def bench_ig_ours(teacher, images: torch.Tensor, labels: torch.Tensor, cfg: IGConfig, precision: str) -> tuple[float, torch.Tensor]:
+    from toolkit.attribution import compute_ig_maps
+
+    cpu = torch.device("cpu")
+    compute_ig_maps(teacher, images[:1], labels[:1], cfg, cpu, precision, progress=False)
+    t0 = time.perf_counter()
+    maps = compute_ig_maps(teacher, images, labels, cfg, cpu, precision, progress=False)
+    return images.shape[0] / (time.perf_counter() - t0), maps
+
+
+def map_agreement(maps: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Pearson correlation, relative L2 error, mean overlay change (prob 1, [0, 1] units) against ``ref``."""
+    from toolkit.attribution import apply_ig_overlay
+
+    a, b = maps.float().flatten(), ref.float().flatten()
+    x = torch.full((maps.shape[0], 3, *maps.shape[1:]), 0.5)
+    cfg = OverlayConfig(prob=1.0)
+    oa, _ = apply_ig_overlay(x, maps, cfg, torch.Generator().manual_seed(0))
+    ob, _ = apply_ig_overlay(x, ref, cfg, torch.Generator().manual_seed(0))
+    return {"corr": float(torch.corrcoef(torch.stack([a, b]))[0, 1]), "rel_l2": float((a - b).norm() / b.norm()),
+            "overlay_mean_abs": float((oa - ob).abs().mean()), "overlay_max_abs": float((oa - ob).abs().max())}
+
+
+def student_logit_agreement(model_name: str, images: torch.Tensor) -> dict:
+    """bf16 autocast vs fp32 logits of a fresh eval-mode student on the same images: top-1 agreement, max |diff|."""
+    from toolkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name).eval()
+    x = images.float() / 255.0
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x.contiguous(memory_format=torch.channels_last)).float()
+    return {"top1_agree": float((ref.argmax(1) == low.argmax(1)).float().mean()), "max_abs_logit_diff": float((ref - low).abs().max()),
+            "logit_scale": float(ref.abs().max())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mobilenetv2_cifar_L5", help="student trained in the training benchmark")
+    p.add_argument("--teacher", default="mobilenetv2_cifar", help="teacher for the IG benchmark")
+    p.add_argument("--teacher-checkpoint", default=None, help="trained teacher weights (default: random init)")
+    p.add_argument("--train-images", type=int, default=2048)
+    p.add_argument("--ig-images", type=int, default=16)
+    p.add_argument("--ig-steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ref-batch-size", type=int, default=64, help="reference training batch (the paper's 64)")
+    p.add_argument("--batch-size", type=int, default=128, help="our training batch")
+    p.add_argument("--ref-workers", type=int, default=0, help="DataLoader workers for the reference")
+    p.add_argument("--compile", action="store_true", help="torch.compile our student (adds compile time before timing)")
+    p.add_argument("--warmup-batches", type=int, default=2)
+    p.add_argument("--skip", choices=["train", "ig"], action="append", default=[], help="skip a part")
+    p.add_argument("--synthetic", action="store_true", help="synthetic images instead of CIFAR-10")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from toolkit.data import load_cifar10, make_synthetic
+    from toolkit.models import build_model, get_spec, load_model
+
+    if args.threads < 1 or args.train_images < 1 or args.ig_images < 1:
+        raise ToolkitError("--threads, --train-images and --ig-images must be >= 1")
+    get_spec(args.model)
+    get_spec(args.teacher)
+    torch.set_num_threads(args.threads)
+    data = make_synthetic(n_train_per_class=max(args.train_images, args.ig_images) // 10 + 1) if args.synthetic else load_cifar10()
+    train = data.train
+    n_train = min(args.train_images, len(train))
+    images, labels = train.images[:n_train], train.labels[:n_train]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"hardware: {_cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; threads {args.threads}; "
+          f"load average at start {load:.2f}")
+    print(f"data: {data.description}")
+    results: dict = {"threads": args.threads, "cpu": _cpu_name(), "data": data.description, "load_at_start": load}
+
+    if "train" not in args.skip:
+        print(f"\n== student training: {args.model}, {n_train} images, warm-up {args.warmup_batches} batches excluded ==")
+        ref = bench_train_reference(args.model, images, labels, args.ref_batch_size, args.ref_workers, args.warmup_batches)
+        print(f"(a) reference  PIL transforms + DataLoader(workers={args.ref_workers}), fp32, batch {args.ref_batch_size}: {ref:8.1f} img/s")
+        ours = bench_train_ours(args.model, images, labels, args.batch_size, "bf16", args.compile, args.warmup_batches)
+        tag = " + torch.compile" if args.compile else ""
+        print(f"(b) ours       uint8 tensors + batched crop/flip, bf16 + channels_last{tag}, batch {args.batch_size}: {ours:8.1f} img/s")
+        print(f"    speed-up {ours / ref:.2f}x")
+        results["train"] = {"model": args.model, "images": n_train, "reference_img_s": ref, "ours_img_s": ours,
+                            "speedup": ours / ref, "ref_batch": args.ref_batch_size, "our_batch": args.batch_size,
+                            "compile": args.compile}
+        agree = student_logit_agreement(args.model, images[:256])
+        print(f"    bf16 proxy: student logits bf16 vs fp32 on 256 images: top-1 agreement {agree['top1_agree']:.3f}, "
+              f"max |diff| {agree['max_abs_logit_diff']:.3g} (logit scale {agree['logit_scale']:.3g})")
+        results["train"]["bf16_logits"] = agree
+
+    if "ig" not in args.skip:
+        teacher = (load_model(args.teacher, args.teacher_checkpoint) if args.teacher_checkpoint else build_model(args.teacher)).eval()
+        n_ig = min(args.ig_images, len(train))
+        ig_images, ig_labels = train.images[:n_ig], train.labels[:n_ig]
+        weights = "trained weights " + args.teacher_checkpoint if args.teacher_checkpoint else "random-init weights"
+        print(f"\n== IG precomputation: {args.teacher} ({weights}), {n_ig} images, {args.ig_steps} Gauss-Legendre steps ==")
+        ref_rate, ref_maps = bench_ig_reference(teacher, ig_images, ig_labels, args.ig_steps)
+        print(f"(a) reference  captum IntegratedGradients, fp32, internal_batch_size 8: {ref_rate:8.2f} img/s")
+        cfg = IGConfig(steps=args.ig_steps)
+        ours_rate, ours_maps = bench_ig_ours(teacher, ig_images, ig_labels, cfg, "bf16")
+        print(f"(b) ours       compute_ig_maps bf16 (BN folded, channels_last, {cfg.batch_size} images/pass): {ours_rate:8.2f} img/s")
+        print(f"    speed-up {ours_rate / ref_rate:.2f}x")
+        fp32_rate, fp32_maps = bench_ig_ours(teacher, ig_images, ig_labels, cfg, "fp32")
+        print(f"    ours fp32 (for the accuracy check): {fp32_rate:.2f} img/s")
+        results["ig"] = {"teacher": args.teacher, "teacher_weights": weights, "images": n_ig, "steps": args.ig_steps,
+                         "reference_img_s": ref_rate, "ours_bf16_img_s": ours_rate, "ours_fp32_img_s": fp32_rate,
+                         "speedup": ours_rate / ref_rate}
+        for name, maps in (("ours bf16", ours_maps), ("ours fp32", fp32_maps)):
+            a = map_agreement(maps, ref_maps)
+            print(f"    {name} vs captum fp32 maps: corr {a['corr']:.5f}, rel L2 err {a['rel_l2']:.2e}, overlay change "
+                  f"mean {a['overlay_mean_abs']:.2e} / max {a['overlay_max_abs']:.2e} ([0,1] units, prob 1, w 0.5)")
+            results["ig"][name.replace(" ", "_") + "_vs_captum_fp32"] = a
+    if args.json:
+        from toolkit.io import atomic_write_json
+
+        atomic_write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
