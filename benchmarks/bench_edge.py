@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.edge_export import ExportInfo, load_export
-from benchmarks.edge_latency import OrtSettings, TimingPlan, fixed_input, ort_session, time_ort, time_torch
+from benchmarks.edge_latency import (
+    OrtSettings, TimingPlan, fixed_input, ort_callable, ort_session, summarize, time_interleaved, torch_callable,
+    torch_threads,
+)
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
 from toolkit.runs import open_run
@@ -46,6 +49,8 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 8, 64)
     threads: tuple[int, ...] = (1, 2)
     timing: TimingPlan = field(default_factory=lambda: TimingPlan(warmup=5, duration_s=2.0, min_runs=10))
+    rounds: int = 5
+    """Timed runs are split into this many rounds alternating between the four models (see time_interleaved)."""
     seed: int = 0
     test_subset: int | None = None
     eval_batch: int = 500
@@ -63,6 +68,8 @@ class BenchConfig:
             raise ToolkitError(f"batch sizes must be >= 1, got {self.batches}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise ToolkitError(f"thread counts must be >= 1, got {self.threads}")
+        if self.rounds < 1:
+            raise ToolkitError(f"--rounds must be >= 1, got {self.rounds}")
         if self.test_subset is not None and self.test_subset < 1:
             raise ToolkitError(f"--test-subset must be >= 1, got {self.test_subset}")
         if self.aarch64_images < 0 or self.aarch64_fp32_images < 0:
@@ -72,7 +79,7 @@ class BenchConfig:
 
 
 QUICK = {"batches": (1, 8), "threads": (1,), "timing": TimingPlan(warmup=2, duration_s=0.25, min_runs=5),
-         "test_subset": 1000, "aarch64_images": 100,
+         "test_subset": 1000, "rounds": 2, "aarch64_images": 100,
          "aarch64_fp32_images": 8}
 
 
@@ -116,8 +123,11 @@ def measure_latency(cfg: BenchConfig, export: ExportInfo, teacher) -> list[dict]
         sessions = {role: ort_session(str(export.models[role].path), threads, cfg.ort) for role in ORT_ROLES}
         for batch in cfg.batches:
             x = fixed_input(batch, cfg.seed)
-            for key in (EAGER_KEY, *ORT_ROLES):
-                stats = time_torch(teacher, x, threads, cfg.timing) if key == EAGER_KEY else time_ort(sessions[key], x, cfg.timing)
+            fns = {EAGER_KEY: torch_callable(teacher, x), **{r: ort_callable(sessions[r], x) for r in ORT_ROLES}}
+            with torch_threads(threads):
+                times = time_interleaved(fns, cfg.timing, cfg.rounds)
+            for key in fns:
+                stats = summarize(times[key], batch)
                 rows.append({"model": key, "batch": batch, "threads": threads, **stats.to_dict()})
                 print(f"  latency {key:20s} batch {batch:3d} threads {threads}: p50 {stats.p50_ms:8.3f} ms "
                       f"({stats.runs} runs, {stats.images_per_s:,.0f} img/s)", flush=True)
@@ -125,8 +135,9 @@ def measure_latency(cfg: BenchConfig, export: ExportInfo, teacher) -> list[dict]
 
 
 def speedups(rows: list[dict]) -> list[dict]:
-    """Per (batch, threads): p50 ratios of the teachers (and student fp32) over the student int8."""
+    """Per (batch, threads): p50 ratios of the teachers (and student fp32) over the student int8, and min ratios."""
     p50 = {(r["model"], r["batch"], r["threads"]): r["p50_ms"] for r in rows}
+    mins = {(r["model"], r["batch"], r["threads"]): r["min_ms"] for r in rows}
     out = []
     for batch, threads in sorted({(r["batch"], r["threads"]) for r in rows}):
         q = p50[("student.int8", batch, threads)]
@@ -134,7 +145,9 @@ def speedups(rows: list[dict]) -> list[dict]:
                     "int8_vs_teacher_ort_fp32": p50[("teacher.fp32", batch, threads)] / q,
                     "int8_vs_teacher_eager": p50[(EAGER_KEY, batch, threads)] / q,
                     "student_fp32_vs_teacher_ort_fp32": p50[("teacher.fp32", batch, threads)] / p50[("student.fp32", batch, threads)],
-                    "int8_vs_student_fp32": p50[("student.fp32", batch, threads)] / q})
+                    "int8_vs_student_fp32": p50[("student.fp32", batch, threads)] / q,
+                    "min_basis": {"int8_vs_teacher_ort_fp32": mins[("teacher.fp32", batch, threads)] / mins[("student.int8", batch, threads)],
+                                  "int8_vs_teacher_eager": mins[(EAGER_KEY, batch, threads)] / mins[("student.int8", batch, threads)]}})
     return out
 
 
@@ -243,6 +256,7 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
         "preset": summary.get("preset"), "machine": machine_info(cfg.threads),
         "settings": {"batches": list(cfg.batches), "threads": list(cfg.threads), "timing": asdict(cfg.timing),
+                     "interleaved_rounds": cfg.rounds,
                      "seed": cfg.seed, "input": "numpy default_rng(seed).random((batch, 3, 32, 32)) float32 in [0, 1)",
                      "ort_settings": cfg.ort.to_dict(), "inter_op_threads_torch": "default",
                      "test_subset": cfg.test_subset, "quick": cfg.quick, "speedup_basis": "p50"},
@@ -277,6 +291,7 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     g.add_argument("--duration", type=float, help="seconds of timed runs per configuration (default 2; quick 0.25)")
     p.add_argument("--warmup", type=int, help="untimed warm-up runs per configuration (default 5; quick 2)")
     p.add_argument("--min-runs", type=int, help="floor on timed runs in duration mode (default 10; quick 5)")
+    p.add_argument("--rounds", type=int, help="timed runs split into N rounds alternating between models (default 5; quick 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed timing input")
     p.add_argument("--test-subset", type=int, help="first N test images for accuracy (default all; quick 1000)")
     p.add_argument("--quick", action="store_true", help="smoke settings (automatic when summary.json says preset smoke)")
@@ -307,7 +322,7 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
                         duration_s=t.duration_s if args.duration is None else args.duration,
                         min_runs=t.min_runs if args.min_runs is None else args.min_runs)
     cfg = BenchConfig(
-        run=run, quick=quick, timing=timing, seed=args.seed,
+        run=run, quick=quick, timing=timing, seed=args.seed, rounds=args.rounds or base.rounds,
         batches=_ints(args.batches, "--batches") if args.batches else base.batches,
         threads=_ints(args.threads, "--threads") if args.threads else base.threads,
         test_subset=args.test_subset if args.test_subset is not None else base.test_subset,

@@ -7,6 +7,7 @@ figures are milliseconds per batch, and throughput is images per second from the
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -98,6 +99,29 @@ def time_callable(fn: Callable[[], object], plan: TimingPlan) -> list[float]:
     return times
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], plan: TimingPlan, rounds: int = 5) -> dict[str, list[float]]:
+    """Per-call ms for several callables, timed in ``rounds`` rounds that alternate between them.
+
+    Each callable gets ``plan.warmup`` untimed calls first; then every round gives each callable its share of the
+    plan (``runs / rounds`` calls, or ``duration_s / rounds`` seconds with at least ``min_runs / rounds`` calls), so a
+    slow period of a shared CPU falls on all of them alike and their ratios stay comparable.
+    """
+    if rounds < 1:
+        raise ToolkitError(f"rounds must be >= 1, got {rounds}")
+    for fn in fns.values():
+        for _ in range(plan.warmup):
+            fn()
+    share = TimingPlan(warmup=0, runs=-(-plan.runs // rounds) if plan.runs else 0, duration_s=plan.duration_s / rounds,
+                       min_runs=max(1, -(-plan.min_runs // rounds)), max_runs=max(1, plan.max_runs // rounds))
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            times[key] += time_callable(fn, share)
+    if plan.runs:
+        times = {key: t[:plan.runs] for key, t in times.items()}
+    return times
+
+
 def fixed_input(batch: int, seed: int = 0, shape: tuple[int, int, int] = (3, 32, 32)) -> np.ndarray:
     """A float32 (batch, C, H, W) array in [0, 1), the same for a given seed and batch on every machine."""
     rng = np.random.default_rng(seed)
@@ -152,24 +176,47 @@ def ort_session(path: str, intra_op_threads: int, settings: OrtSettings | None =
         raise ToolkitError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def time_ort(session, x: np.ndarray, plan: TimingPlan) -> LatencyStats:
-    """Latency of ``session.run`` on ``x`` (N, C, H, W) float32, with IO names taken from the session."""
+def ort_callable(session, x: np.ndarray) -> Callable[[], object]:
+    """``session.run`` on ``x`` (N, C, H, W) float32, with IO names taken from the session."""
     name = session.get_inputs()[0].name
     out = [session.get_outputs()[0].name]
     feed = {name: x}
-    return summarize(time_callable(lambda: session.run(out, feed), plan), len(x))
+    return lambda: session.run(out, feed)
+
+
+def torch_callable(model, x: np.ndarray) -> Callable[[], object]:
+    """PyTorch eager fp32 ``model(x)`` under ``torch.no_grad`` (threads: set ``torch.set_num_threads`` around it)."""
+    import torch
+
+    xt = torch.from_numpy(x)
+    model.eval()
+
+    def call():
+        with torch.no_grad():
+            return model(xt)
+
+    return call
+
+
+def time_ort(session, x: np.ndarray, plan: TimingPlan) -> LatencyStats:
+    """Latency of ``session.run`` on ``x`` (N, C, H, W) float32."""
+    return summarize(time_callable(ort_callable(session, x), plan), len(x))
 
 
 def time_torch(model, x: np.ndarray, threads: int, plan: TimingPlan) -> LatencyStats:
     """Latency of PyTorch eager fp32 ``model(x)`` under ``torch.no_grad`` with ``threads`` intra-op threads."""
+    with torch_threads(threads):
+        return summarize(time_callable(torch_callable(model, x), plan), len(x))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Set ``torch.set_num_threads(threads)`` inside the block, restoring the previous value after."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        xt = torch.from_numpy(x)
-        model.eval()
-        with torch.no_grad():
-            return summarize(time_callable(lambda: model(xt), plan), len(x))
+        yield
     finally:
         torch.set_num_threads(previous)

@@ -5,7 +5,8 @@
 
 For each pair: export teacher and student (random weights, fixed seed) to ONNX, quantize the student with each int8
 recipe, then time every model under each session-option variant (batch and threads as given) and print p50 latency
-and the speed-ups student int8 vs teacher ORT fp32 and vs teacher PyTorch eager, measured in the same process.
+and the speed-ups student int8 vs teacher ORT fp32 and vs teacher PyTorch eager, measured in the same process. All sessions of a pair are timed interleaved (rounds
+alternating between them), so a busy period of a shared CPU affects every variant alike.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.edge_latency import OrtSettings, TimingPlan, fixed_input, ort_session, time_ort, time_torch
+from benchmarks.edge_latency import (
+    OrtSettings, TimingPlan, fixed_input, ort_callable, ort_session, summarize, time_interleaved, torch_callable,
+    torch_threads,
+)
 from benchmarks.reference_export import Int8Recipe, export_onnx, quantize_int8
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
@@ -59,28 +63,37 @@ def calibration_images(n: int = 128, seed: int = 0) -> np.ndarray:
 
 
 def tune_pair(teacher_name: str, student_name: str, workdir: Path, batch: int, threads: int, plan: TimingPlan,
-              variants: dict[str, OrtSettings], recipes: dict[str, Int8Recipe]) -> dict:
+              variants: dict[str, OrtSettings], recipes: dict[str, Int8Recipe], rounds: int = 10) -> dict:
+    """Time every (session variant x model) of one pair, interleaved in ``rounds`` so CPU contention hits all alike."""
     torch.manual_seed(0)
     teacher, student = build_model(teacher_name).eval(), build_model(student_name).eval()
-    t_path = export_onnx(teacher, workdir / f"{teacher_name}.fp32.onnx")
-    s_path = export_onnx(student, workdir / f"{student_name}.fp32.onnx")
+    paths = {"teacher.fp32": export_onnx(teacher, workdir / f"{teacher_name}.fp32.onnx"),
+             "student.fp32": export_onnx(student, workdir / f"{student_name}.fp32.onnx")}
     calib = calibration_images()
-    int8_paths = {name: quantize_int8(s_path, workdir / f"{student_name}.int8.{i}.onnx", calib, recipe)
-                  for i, (name, recipe) in enumerate(recipes.items())}
+    for i, (name, recipe) in enumerate(recipes.items()):
+        paths[f"student.int8[{name}]"] = quantize_int8(paths["student.fp32"], workdir / f"{student_name}.int8.{i}.onnx",
+                                                       calib, recipe)
     x = fixed_input(batch)
-    eager = time_torch(teacher, x, threads, plan).p50_ms
-    result = {"teacher": teacher_name, "student": student_name, "batch": batch, "threads": threads,
-              "teacher_eager_p50_ms": eager, "variants": {}}
-    print(f"\n{teacher_name} -> {student_name}: batch {batch}, {threads} thread(s); teacher eager p50 {eager:.3f} ms")
+    fns = {"teacher.eager": torch_callable(teacher, x)}
     for vname, settings in variants.items():
-        t_ms = time_ort(ort_session(str(t_path), threads, settings), x, plan).p50_ms
-        s_ms = time_ort(ort_session(str(s_path), threads, settings), x, plan).p50_ms
-        row = {"settings": settings.to_dict(), "teacher_fp32_p50_ms": t_ms, "student_fp32_p50_ms": s_ms, "int8": {}}
-        for rname, path in int8_paths.items():
-            q_ms = time_ort(ort_session(str(path), threads, settings), x, plan).p50_ms
-            row["int8"][rname] = {"p50_ms": q_ms, "vs_teacher_ort_fp32": t_ms / q_ms, "vs_teacher_eager": eager / q_ms}
-            print(f"  {vname:34s} teacher fp32 {t_ms:7.3f}  student fp32 {s_ms:7.3f}  int8[{rname:32s}] {q_ms:7.3f} ms"
-                  f"  -> {t_ms / q_ms:5.2f}x ORT fp32, {eager / q_ms:5.2f}x eager")
+        for key, path in paths.items():
+            fns[f"{vname}|{key}"] = ort_callable(ort_session(str(path), threads, settings), x)
+    with torch_threads(threads):
+        times = time_interleaved(fns, plan, rounds)
+    stats = {key: summarize(t, batch) for key, t in times.items()}
+    eager = stats["teacher.eager"].p50_ms
+    result = {"teacher": teacher_name, "student": student_name, "batch": batch, "threads": threads,
+              "teacher_eager": stats["teacher.eager"].to_dict(), "variants": {}}
+    print(f"\n{teacher_name} -> {student_name}: batch {batch}, {threads} thread(s); teacher eager p50 {eager:.3f} ms "
+          f"(min {stats['teacher.eager'].min_ms:.3f})")
+    for vname, settings in variants.items():
+        t, s_ = stats[f"{vname}|teacher.fp32"], stats[f"{vname}|student.fp32"]
+        row = {"settings": settings.to_dict(), "teacher_fp32": t.to_dict(), "student_fp32": s_.to_dict(), "int8": {}}
+        for rname in recipes:
+            q = stats[f"{vname}|student.int8[{rname}]"]
+            row["int8"][rname] = {**q.to_dict(), "vs_teacher_ort_fp32": t.p50_ms / q.p50_ms, "vs_teacher_eager": eager / q.p50_ms}
+            print(f"  {vname:32s} teacher fp32 {t.p50_ms:7.3f}  student fp32 {s_.p50_ms:7.3f}  int8[{rname:30s}] "
+                  f"{q.p50_ms:7.3f} ms -> {t.p50_ms / q.p50_ms:5.2f}x ORT fp32, {eager / q.p50_ms:5.2f}x eager")
         result["variants"][vname] = row
     return result
 
@@ -92,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds over all sessions")
     p.add_argument("--variants", default=",".join(SESSION_VARIANTS), help="comma-separated names of session variants")
     p.add_argument("--recipes", default=",".join(INT8_RECIPES), help="comma-separated names of int8 recipes")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for teacher_name, student_name in pairs:
                 results.append(tune_pair(teacher_name, student_name, Path(tmp), args.batch, args.threads, plan,
-                                         variants, recipes))
+                                         variants, recipes, args.rounds))
         if args.out:
             atomic_write_json(args.out, {"plan": asdict(plan), "results": results})
     except (ToolkitError, KeyError) as exc:
