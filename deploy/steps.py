@@ -10,8 +10,9 @@ Parity (``deploy.parity``) runs between them. Steps write only to the paths they
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -202,8 +203,14 @@ class QuantizeConfig:
             raise ToolkitError(f"percentile must be in (0, 100], got {self.percentile}")
 
 
+def even_batch(n: int, max_batch: int) -> int:
+    """Largest batch size <= ``max_batch`` that divides ``n``: ORT's histogram calibrators (entropy, percentile)
+    fail with "inhomogeneous shape" when the last calibration batch is smaller than the others."""
+    return next(b for b in range(min(n, max_batch), 0, -1) if n % b == 0)
+
+
 class _ArrayReader:
-    """CalibrationDataReader over float32 (N, 3, H, W) in fixed-size batches."""
+    """CalibrationDataReader over float32 (N, 3, H, W) in batches of ``batch`` (which should divide N)."""
 
     def __init__(self, x: np.ndarray, batch: int):
         self.x, self.batch = x, batch
@@ -215,6 +222,19 @@ class _ArrayReader:
 
     def rewind(self) -> None:
         self._it = iter([{INPUT_NAME: self.x[i:i + self.batch]} for i in range(0, len(self.x), self.batch)])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ORT's quantizer: INFO/WARNING lines on the root logger and histogram progress printed to stdout."""
+    log = logging.getLogger()
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray | None) -> StepRecord:
@@ -232,26 +252,23 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray |
         quant_pre_process(str(src), str(pre))
         extra = {"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": cfg.weight_symmetric,
                  "QuantizeBias": cfg.quantize_bias, **cfg.extra_options}
-        log = logging.getLogger()
-        level = log.level
-        log.setLevel(logging.ERROR)  # ORT's quantizer logs chatty INFO/WARNING lines through the root logger
-        try:
+        if cfg.mode == "static":
+            if calib is None or len(calib) == 0:
+                raise StepError("static quantization needs calibration images")
+            if cfg.calibration == "percentile":
+                extra["CalibPercentile"] = cfg.percentile
+        with _quiet():
             if cfg.mode == "static":
-                if calib is None or len(calib) == 0:
-                    raise StepError("static quantization needs calibration images")
-                if cfg.calibration == "percentile":
-                    extra["CalibPercentile"] = cfg.percentile
                 method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[cfg.calibration]
-                quantize_static(str(pre), str(dst), _ArrayReader(calib.astype(np.float32), cfg.calib_batch),
+                batch = even_batch(len(calib), cfg.calib_batch)
+                quantize_static(str(pre), str(dst), _ArrayReader(calib.astype(np.float32), batch),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType[cfg.activation_type],
                                 weight_type=QuantType[cfg.weight_type], per_channel=cfg.per_channel,
                                 reduce_range=cfg.reduce_range, calibrate_method=method, extra_options=extra)
             else:
                 quantize_dynamic(str(pre), str(dst), weight_type=QuantType[cfg.weight_type], per_channel=cfg.per_channel,
                                  reduce_range=cfg.reduce_range, extra_options=extra)
-        finally:
-            log.setLevel(level)
     except StepError:
         raise
     except Exception as exc:  # noqa: BLE001 - the quantizer raises many exception types
@@ -267,6 +284,8 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray |
     check["op_counts"] = dict(sorted(ops.items()))
     config = asdict(cfg)
     config["onnxruntime"] = ort.__version__
+    if cfg.mode == "static" and calib is not None:
+        config["calib_batch"] = even_batch(len(calib), cfg.calib_batch)
     return StepRecord("quantize", [src.name], [dst.name], config, check, time.perf_counter() - t0)
 
 

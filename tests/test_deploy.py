@@ -269,3 +269,47 @@ def test_runtime_grayscale_and_size_rules(exported, cifar10, tmp_path):
         strict.predict_files([tmp_path / "gray.png"])
     with pytest.raises(DeployError, match="64x80 px, not 32x32"):
         strict.predict_files([tmp_path / "big.png"])
+
+
+# ---------------------------------------------------------------- quantization options, run data
+
+
+def test_even_batch():
+    from deploy.steps import even_batch
+
+    assert [even_batch(n, 64) for n in (512, 100, 128, 97, 30)] == [64, 50, 64, 1, 30]
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_with_uneven_calibration_size(exported, cifar10, tmp_path, method):
+    """100 images in batches <= 64: ORT's histogram calibrators need equal batches (here 2 x 50)."""
+    from deploy.steps import quantize_onnx
+
+    calib = cifar10.train.images[:100].numpy().astype(np.float32) / 255
+    out = tmp_path / "q"
+    out.mkdir()
+    rec = quantize_onnx(exported / "export" / "teacher.fp32.onnx", out / "t.int8.onnx",
+                        QuantizeConfig(calibration=method, calib_size=100), calib)
+    assert rec.config["calib_batch"] == 50 and rec.check["op_counts"]["QuantizeLinear"] > 0
+    x = cifar10.test.images[:N_TEST].numpy()
+    f32 = onnx_logits(exported / "export" / "teacher.fp32.onnx", x)
+    accuracy_gate(f32, onnx_logits(out / "t.int8.onnx", x), cifar10.test.labels[:N_TEST].numpy(), max_drop=2.0)
+    assert leftovers(out) == ["t.int8.onnx"]  # the pre-processed intermediate is removed
+
+
+def test_dynamic_quantization_option(exported, tmp_path):
+    from deploy.steps import quantize_onnx
+
+    rec = quantize_onnx(exported / "export" / "student.fp32.onnx", tmp_path / "d.onnx",
+                        QuantizeConfig(mode="dynamic", weight_type="QUInt8"), None)
+    assert "DynamicQuantizeLinear" in rec.check["op_counts"] and "QuantizeLinear" not in rec.check["op_counts"]
+    assert ort.InferenceSession(str(tmp_path / "d.onnx")).run(None, {"input": np.zeros((2, 3, 32, 32), np.float32)})[0].shape == (2, 10)
+
+
+def test_run_data_follows_run_config(tmp_path):
+    from deploy.export import load_run_data
+
+    data = load_run_data({"seed": 3, "data": {"dataset": "synthetic", "synthetic_per_class": 7}})
+    assert len(data.train) == 70 and data.description == "synthetic (10 classes, seed 3)"
+    with pytest.raises(Exception, match="no CIFAR-10 in"):
+        load_run_data({"data": {"dataset": "cifar10"}}, data_dir=str(tmp_path))
