@@ -12,7 +12,7 @@ import torch
 
 from benchmarks import bench_edge
 from benchmarks.edge_export import load_export, parse_manifest, sha256_file
-from benchmarks.edge_latency import TimingPlan, fixed_input, percentile, summarize, time_callable
+from benchmarks.edge_latency import TimingPlan, fixed_input, percentile, summarize, time_callable, time_interleaved
 from benchmarks.reference_export import write_reference_export
 from toolkit import ToolkitError
 from toolkit.models import build_model, save_checkpoint
@@ -59,6 +59,18 @@ def test_time_callable_counts_warmup_and_runs():
     assert len(times) == 5  # the duration has passed after the first run; the floor keeps it going to 5
     with pytest.raises(ToolkitError):
         TimingPlan(runs=0, duration_s=0)
+
+
+def test_time_interleaved_alternates_models():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in ("a", "b")}
+    times = time_interleaved(fns, TimingPlan(warmup=2, runs=6), rounds=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}
+    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up of each first
+    timed = calls[4:]
+    assert timed == ["a", "a", "b", "b"] * 3  # then rounds alternate between the models
+    with pytest.raises(ToolkitError):
+        time_interleaved(fns, TimingPlan(runs=1), rounds=0)
 
 
 def test_fixed_input_is_seeded():
