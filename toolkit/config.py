@@ -184,7 +184,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ToolkitError(f"override '{text}' is not key=value (e.g. student.epochs=3)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
 
 
 def list_presets() -> list[str]:
@@ -242,6 +248,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.ig.target in ("label", "pred"), f"ig.target must be label or pred, got '{cfg.ig.target}'"),
     ]
     for stage in (cfg.teacher, cfg.student):
+        for name in ("lr", "weight_decay", "momentum"):
+            if not isinstance(getattr(stage, name), (int, float)):
+                raise ToolkitError(f"{name} must be a number, got {getattr(stage, name)!r}")
         checks += [
             (stage.optimizer in ("adam", "sgd"), f"optimizer must be adam or sgd, got '{stage.optimizer}'"),
             (stage.schedule in ("constant", "onecycle", "cosine"), f"schedule must be constant, onecycle or cosine, got '{stage.schedule}'"),

@@ -193,9 +193,9 @@ def train_model(job: TrainJob, max_epochs_this_call: int | None = None) -> dict:
             scaler.update()
             scheduler.step()
             n = len(y)
-            sums += torch.tensor([float(loss) * n, float((logits.argmax(1) == y).sum()), n, float(applied.sum())], dtype=torch.float64)
+            sums += torch.tensor([float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n, float(applied.sum())], dtype=torch.float64)
             for k, v in parts.items():
-                part_sums[k] = part_sums.get(k, 0.0) + float(v) * n
+                part_sums[k] = part_sums.get(k, 0.0) + float(v.detach()) * n
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}")
