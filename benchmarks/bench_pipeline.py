@@ -93,7 +93,8 @@ def bench_train_reference(model_name: str, images: torch.Tensor, labels: torch.T
 
 
 def bench_train_ours(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, precision: str, compile_model: bool,
-                     warmup: int) -> float:
+                     warmup: int, fp32_depthwise: bool = True) -> float:
+    from toolkit.attribution.ig import use_fp32_strided_depthwise
     from toolkit.data import index_batches, random_crop_flip, to_float
     from toolkit.device import autocast
     from toolkit.models import build_model
@@ -101,6 +102,8 @@ def bench_train_ours(model_name: str, images: torch.Tensor, labels: torch.Tensor
     torch.manual_seed(0)
     device = torch.device("cpu")
     model = build_model(model_name).train().to(memory_format=torch.channels_last)
+    if fp32_depthwise:
+        use_fp32_strided_depthwise(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     fwd = torch.compile(model) if compile_model else model
     g = torch.Generator().manual_seed(0)
@@ -219,13 +222,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\n== student training: {args.model}, {n_train} images, warm-up {args.warmup_batches} batches excluded ==")
         ref = bench_train_reference(args.model, images, labels, args.ref_batch_size, args.ref_workers, args.warmup_batches)
         print(f"(a) reference  PIL transforms + DataLoader(workers={args.ref_workers}), fp32, batch {args.ref_batch_size}: {ref:8.1f} img/s")
-        ours = bench_train_ours(args.model, images, labels, args.batch_size, "bf16", args.compile, args.warmup_batches)
         tag = " + torch.compile" if args.compile else ""
-        print(f"(b) ours       uint8 tensors + batched crop/flip, bf16 + channels_last{tag}, batch {args.batch_size}: {ours:8.1f} img/s")
+        plain = bench_train_ours(args.model, images, labels, args.batch_size, "bf16", args.compile, args.warmup_batches, False)
+        print(f"(b0) ours      uint8 tensors + batched crop/flip, bf16 + channels_last{tag}, batch {args.batch_size}: {plain:8.1f} img/s"
+              f"  ({plain / ref:.2f}x)")
+        ours = bench_train_ours(args.model, images, labels, args.batch_size, "bf16", args.compile, args.warmup_batches, True)
+        print(f"(b)  ours      (b0) + strided depthwise convs in fp32 (Float32Conv2d): {ours:8.1f} img/s")
         print(f"    speed-up {ours / ref:.2f}x")
         results["train"] = {"model": args.model, "images": n_train, "reference_img_s": ref, "ours_img_s": ours,
-                            "speedup": ours / ref, "ref_batch": args.ref_batch_size, "our_batch": args.batch_size,
-                            "compile": args.compile}
+                            "ours_without_fp32_depthwise_img_s": plain, "speedup": ours / ref, "ref_batch": args.ref_batch_size,
+                            "our_batch": args.batch_size, "compile": args.compile}
         agree = student_logit_agreement(args.model, images[:256])
         print(f"    bf16 proxy: student logits bf16 vs fp32 on 256 images: top-1 agreement {agree['top1_agree']:.3f}, "
               f"max |diff| {agree['max_abs_logit_diff']:.3g} (logit scale {agree['logit_scale']:.3g})")

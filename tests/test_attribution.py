@@ -109,14 +109,14 @@ def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data, name):
 
 
 def test_private_teacher_copy_folds_bn_and_keeps_strided_depthwise_fp32():
-    from toolkit.attribution.ig import Float32Conv, prepare_teacher
+    from toolkit.attribution.ig import Float32Conv2d, prepare_teacher
 
     teacher = _teacher(name="mobilenetv2_cifar_L13")  # holds one stride-2 depthwise conv
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     copy = prepare_teacher(teacher, CPU, cast_dtype=torch.bfloat16, fp32_strided_depthwise=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
-    wrapped = [m for m in copy.modules() if isinstance(m, Float32Conv)]
-    assert len(wrapped) == 1 and wrapped[0].conv.stride == (2, 2) and wrapped[0].conv.weight.dtype == torch.float32
+    wrapped = [m for m in copy.modules() if isinstance(m, Float32Conv2d)]
+    assert len(wrapped) == 1 and wrapped[0].stride == (2, 2) and wrapped[0].weight.dtype == torch.float32
     assert all(not p.requires_grad for p in copy.parameters())
     assert not any(getattr(m, "inplace", False) for m in copy.modules())
     # the caller's teacher is untouched
