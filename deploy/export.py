@@ -211,7 +211,7 @@ def run_export(run_path: str | os.PathLike, cfg: ExportConfig | None = None, dat
             rec.check["parity"] = p_simpl.to_dict()
             log(f"{role}: simplified ({rec.check['nodes_before']} -> {rec.check['nodes']} nodes); {p_simpl.summary()}")
             logits32[role] = onnx_logits(final, test_x)
-            acc = {"top1": top1(logits32[role], test_y), "n": n_test, "split": "test", "runtime": "onnxruntime CPU"}
+            acc = {"top1": round(top1(logits32[role], test_y), 4), "n": n_test, "split": "test", "runtime": "onnxruntime CPU"}
             log(f"{role}: fp32 top-1 {acc['top1']:.2f}% on {n_test} test images")
             parity = {"atol": cfg.atol, "after_export": p_export.to_dict(), "after_simplify": p_simpl.to_dict()}
             entries[f"{role}.fp32"] = _entry(final, role, "fp32", info["name"], norm, ckpt, acc, parity,
