@@ -264,6 +264,9 @@ def test_runtime_grayscale_and_size_rules(exported, cifar10, tmp_path):
     preds = clf.predict_files([tmp_path / "gray.png", tmp_path / "big.png"])
     assert len(preds) == 2
     assert to_input(arr).shape == (1, 3, 32, 32) and to_input(arr).dtype == np.float32
+    Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(tmp_path / "deep.png")  # 16-bit gray: refused
+    with pytest.raises(DeployError, match="mode I;16, which cannot be converted"):
+        clf.predict_files([tmp_path / "deep.png"])
     strict = Classifier(exported / "export", "teacher.fp32", strict=True)
     with pytest.raises(DeployError, match="mode L, not RGB"):
         strict.predict_files([tmp_path / "gray.png"])
