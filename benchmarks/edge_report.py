@@ -148,13 +148,13 @@ def plot_accuracy_vs_latency(report: dict, path: Path) -> None:
         row = next((r for r in report["latency"] if r["model"] == key and r["threads"] == t and r["batch"] == b), None)
         if row is None or key not in acc:
             continue
-        ax.scatter(row["p50_ms"] / b, acc[key]["top1"], s=50)
-        ax.annotate(MODEL_LABELS[key], (row["p50_ms"] / b, acc[key]["top1"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        ax.scatter(row["p50_ms"] / b, acc[key]["top1"], s=60, label=f"{MODEL_LABELS[key]} ({acc[key]['top1']:.1f}%)",
+                   marker="s" if key.endswith("int8") else "o")
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency, ms per image (batch {b}, {t} thread(s))")
     ax.set_ylabel(f"top-1 % ({report['accuracy']['n']} test images)")
     ax.set_title(f"Accuracy vs latency: {report['run']}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, path)
     plt.close(fig)
