@@ -105,6 +105,14 @@ def machine_info(threads: tuple[int, ...]) -> dict:
             "threads_benchmarked": list(threads)}
 
 
+def _loadavg() -> float | None:
+    """1-minute load average (runnable threads); above the CPU count, timings include waiting for a core."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _model_table(export: ExportInfo, summary: dict, teacher_ckpt: Path, teacher_params: int) -> dict:
     names = {"teacher": summary.get("teacher", {}).get("name"), "student": summary.get("student", {}).get("name")}
     table = {EAGER_KEY: {"architecture": names["teacher"], "runtime": "pytorch eager", "precision": "fp32",
@@ -236,6 +244,7 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
     from toolkit.models.profile import count_params
 
     cfg.validate()
+    load_start = _loadavg()
     run = open_run(cfg.run)
     summary = run.read_summary()
     export = load_export(run.export_dir)
@@ -254,7 +263,8 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
     report = {
         "schema": REPORT_SCHEMA, "schema_version": 1, "run": run.root.name, "run_dir": str(run.root),
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
-        "preset": summary.get("preset"), "machine": machine_info(cfg.threads),
+        "preset": summary.get("preset"),
+        "machine": {**machine_info(cfg.threads), "load_average_1min": {"start": load_start, "end": _loadavg()}},
         "settings": {"batches": list(cfg.batches), "threads": list(cfg.threads), "timing": asdict(cfg.timing),
                      "interleaved_rounds": cfg.rounds,
                      "seed": cfg.seed, "input": "numpy default_rng(seed).random((batch, 3, 32, 32)) float32 in [0, 1)",

@@ -29,6 +29,9 @@ def render_markdown(report: dict) -> str:
     lines += [f"- Created {report['created_utc']}; command `{report['command']}`",
               f"- CPU: {m['cpu_model']} ({m['logical_cpus']} logical CPUs usable); flags: "
               + ", ".join(f for f, on in m["cpu_flags"].items() if on),
+              f"- Load average (1 min) at start / end: {m['load_average_1min']['start']} / {m['load_average_1min']['end']}"
+              + (" -- **above the CPU count: other work shared the cores, multi-thread figures are unreliable**"
+                 if max(v or 0 for v in m["load_average_1min"].values()) > m["logical_cpus"] else ""),
               f"- ONNX Runtime {m['onnxruntime']} (CPUExecutionProvider), PyTorch {m['torch']}, numpy {m['numpy']}",
               f"- Session options: {s['ort_settings']}",
               f"- Timing: {s['timing']}, split into {s['interleaved_rounds']} rounds alternating between the models; fixed input seed {s['seed']}; batches {s['batches']}; intra-op threads {s['threads']}",

@@ -133,6 +133,7 @@ def test_harness_writes_report_with_sane_values(export_run, capsys):
     for key in ("machine", "settings", "models", "latency", "speedups", "accuracy", "aarch64", "plots", "export"):
         assert key in report
     assert report["machine"]["onnxruntime"] and "avx512_vnni" in report["machine"]["cpu_flags"]
+    assert set(report["machine"]["load_average_1min"]) == {"start", "end"}
     assert set(report["models"]) == {"teacher.fp32.eager", "teacher.fp32", "student.fp32", "student.int8"}
     rows = report["latency"]
     assert len(rows) == 4 * 2 * 1
