@@ -178,6 +178,7 @@ def measure_accuracy(cfg: BenchConfig, export: ExportInfo, teacher) -> tuple[dic
     test = data.test
     n = len(test) if cfg.test_subset is None else min(cfg.test_subset, len(test))
     images, labels = test.images[:n], test.labels[:n].numpy()
+    exact = None if test.exact is None else test.exact[:n].numpy().astype(bool)
     images_np = images.numpy()
     threads = max(cfg.threads)
     logits: dict[str, np.ndarray] = {}
@@ -195,6 +196,9 @@ def measure_accuracy(cfg: BenchConfig, export: ExportInfo, teacher) -> tuple[dic
         per_class = {c: float((p[labels == i] == i).mean() * 100) if (labels == i).any() else float("nan")
                      for i, c in enumerate(data.classes)}
         entry = {"top1": float((p == labels).mean() * 100), "per_class": per_class}
+        if exact is not None:  # the shared copy: bit-exact images vs JPEG-decoded ones
+            for name, mask in (("top1_exact_images", exact), ("top1_jpeg_images", ~exact)):
+                entry[name] = float((p[mask] == labels[mask]).mean() * 100) if mask.any() else None
         if key in export.models:
             entry["export_top1"] = export.models[key].export_top1
         models[key] = entry
@@ -205,6 +209,7 @@ def measure_accuracy(cfg: BenchConfig, export: ExportInfo, teacher) -> tuple[dic
     drop = models["student.fp32"]["top1"] - models["student.int8"]["top1"]
     gate = export.max_int8_drop
     acc = {"n": int(n), "subset": cfg.test_subset is not None, "data": data.description, "source": data.source,
+           "n_exact_images": None if exact is None else int(exact.sum()),
            "threads": threads, "models": models,
            "agreement": {"student.int8 vs student.fp32": agree("student.int8", "student.fp32"),
                          "student.int8 vs teacher.fp32": agree("student.int8", "teacher.fp32"),

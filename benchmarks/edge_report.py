@@ -55,12 +55,16 @@ def render_markdown(report: dict) -> str:
                      f"{mb['int8_vs_teacher_ort_fp32']:.2f}x / {mb['int8_vs_teacher_eager']:.2f}x |")
     acc = report.get("accuracy")
     if acc:
-        lines += ["", f"## Accuracy ({acc['n']} test images; {acc['data']})", "",
-                  "| model | top-1 % | export-time top-1 % |", "|---|---:|---:|"]
+        ne = acc.get("n_exact_images")
+        lines += ["", f"## Accuracy ({acc['n']} test images{' (the first ones)' if acc['subset'] else ''}; {acc['data']})", ""]
+        if ne is not None:
+            lines += [f"{ne} of them bit-exact, {acc['n'] - ne} JPEG-decoded; top-1 given on each part too.", ""]
+        lines += ["| model | top-1 % | bit-exact images % | JPEG images % | export-time top-1 % |", "|---|---:|---:|---:|---:|"]
         for key in MODEL_ORDER:
             if key in acc["models"]:
                 a = acc["models"][key]
-                lines.append(f"| {MODEL_LABELS[key]} | {a['top1']:.2f} | {_fmt(a.get('export_top1'), 2)} |")
+                lines.append(f"| {MODEL_LABELS[key]} | {a['top1']:.2f} | {_fmt(a.get('top1_exact_images'), 2)} | "
+                             f"{_fmt(a.get('top1_jpeg_images'), 2)} | {_fmt(a.get('export_top1'), 2)} |")
         lines += ["", "| agreement (same top-1) | % |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in acc["agreement"].items()]
         g = acc["int8"]
