@@ -14,7 +14,7 @@ ARGS ?=
 OVERRIDES := $(filter-out PRESET=% RUN=% CONFIG=% RESUME=% ARGS=% VENV=% PYTHON_BOOT=% TORCH_SPEC=% STUDY=% SCALE=%,$(MAKEOVERRIDES))
 RUN_NAME = $(if $(RUN),$(RUN),$(PRESET))
 
-.PHONY: install test test-fast distill teacher export bench-edge bench-pipeline experiments ablation montecarlo sweep generalize clean
+.PHONY: install test test-fast distill teacher export bench-edge setup-aarch64 bench-pipeline ablation montecarlo sweep generalize clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -43,6 +43,9 @@ export: install
 
 bench-edge: install
 	$(PY) -m benchmarks.bench_edge --run runs/$(RUN_NAME) $(ARGS)
+
+setup-aarch64:
+	bash benchmarks/aarch64/setup.sh
 
 bench-pipeline: install
 	$(PY) -m benchmarks.bench_pipeline $(ARGS)
