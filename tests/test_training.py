@@ -87,3 +87,19 @@ def test_paper_preset_runs_a_few_steps_on_cpu(tmp_path):
     result = train_student(cfg, data, teacher, None, tmp_path, configuration="KD_AT")
     assert result["finished"] and result["name"] == "mobilenetv2_cifar_L5" and result["params"] == 543_498
     assert set(result["history"][0]["losses"]) == {"ce", "kd", "at"}
+
+
+def test_torchrun_ddp_two_processes_on_cpu(tmp_path):
+    """The whole chain under torchrun (gloo on CPU): ranks agree on the teacher, IG cache and summary."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           "-m", "toolkit", "distill", "--preset", "smoke", "--name", "ddp", "--runs-dir", str(tmp_path),
+           *SYNTH, "teacher.mode=scratch", "teacher.checkpoint=null", "teacher.model=resnet8", "teacher.epochs=1",
+           "student.epochs=1", "ig.steps=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("world size 2") == 2
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["student"]["name"] == "resnet8" and "baseline" in summary

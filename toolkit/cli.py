@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="teacher -> IG maps -> distilled student (-> baseline student), into runs/<name>/")
     p.add_argument("--preset", default="cpu", help="smoke, cpu or paper (toolkit/presets/*.yaml)")
-    p.add_argument("--run", default=None, help="run name (default: <preset>-<configuration>)")
+    p.add_argument("--run", "--name", dest="run", default=None,
+                   help="run name (default: <preset>-<configuration>); use --name under torchrun, which claims --run")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--config", default=None, help="YAML file merged over the preset")
     p.add_argument("--configuration", default=None, help="Student, KD, IG, AT, KD_IG, KD_AT, IG_AT or KD_IG_AT")

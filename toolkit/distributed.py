@@ -54,3 +54,10 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         return t.to(values.device)
     return values
+
+
+def broadcast_state(model: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers (BatchNorm statistics drift per rank) to every rank."""
+    if dist.is_available() and dist.is_initialized():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src)

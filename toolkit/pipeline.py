@@ -23,7 +23,7 @@ from toolkit.data.splits import stratified_sample, subset_size, train_val_split
 from toolkit.data.synthetic import make_synthetic
 from toolkit.device import resolve_precision, select_device
 from toolkit.distill.trainer import TrainJob, train_model
-from toolkit.distributed import DistInfo, init_distributed
+from toolkit.distributed import DistInfo, barrier, init_distributed
 from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_weights, read_checkpoint
 from toolkit.models.profile import count_params
@@ -250,6 +250,7 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
         raise ToolkitError(f"unknown stage(s) {sorted(set(stages) - known)}; choose from {sorted(known)}")
     if not resume and root.exists() and dist_info.is_main:
         shutil.rmtree(root)
+    barrier()
     root.mkdir(parents=True, exist_ok=True)
     run = RunFolder(root)
     if dist_info.is_main:

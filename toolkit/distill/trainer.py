@@ -23,7 +23,7 @@ from toolkit.data.batches import epoch_generator, index_batches, num_batches
 from toolkit.data.cifar10 import ImageSet
 from toolkit.device import autocast
 from toolkit.distill.distiller import Distiller
-from toolkit.distributed import all_reduce_sum, barrier, current
+from toolkit.distributed import all_reduce_sum, barrier, broadcast_state, current
 from toolkit.evaluate import accuracy, predict_logits
 from toolkit.io import append_jsonl
 from toolkit.models.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
@@ -230,6 +230,7 @@ def train_model(job: TrainJob, max_epochs_this_call: int | None = None) -> dict:
         barrier()
         epochs_run += 1
 
+    broadcast_state(model)  # every rank leaves with rank 0's weights and BatchNorm statistics
     if len(history) < job.optim.epochs:
         return {"name": job.model_name, "finished": False, "epochs": len(history), "history": history}
     result = {
