@@ -7,12 +7,12 @@ All coupling to the export manifest's schema (``deploy.manifest``: ``{"schema": 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit import ToolkitError
+from deploy.manifest import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 REQUIRED_ROLES = ("teacher.fp32", "student.fp32", "student.int8")
@@ -41,13 +41,6 @@ class ExportInfo:
     schema: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _num(value) -> float | None:

@@ -12,7 +12,6 @@ Study folder (default ``reports/<study>-<scale>/``)::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,16 +26,10 @@ from toolkit.experiments.report import hardware, hardware_line
 from toolkit.experiments.runner import STUDY_FILE, folder_lock, read_study
 from toolkit.experiments.scales import StudySettings
 from toolkit.io import atomic_write_json
+from deploy.manifest import sha256_file
 
 SHARED_DIR = "shared"
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_config(settings: StudySettings) -> RunConfig:
