@@ -153,8 +153,11 @@ def test_plans_pair_runs_by_seed_and_subset():
     assert len(keys) == 80 and keys[:2] == ["Student-s0", "KD-s0"]
     mc = montecarlo.plan(load_scale("montecarlo", "paper"))
     assert len(mc) == 240 and {r.params["subset_seed"] for r in mc if r.params["run"] == 7} == {7}
-    sw = sweep.plan(load_scale("sweep", "cpu"))
-    assert len(sw) == 4 * 4 * 2 and len({r.key for r in sw}) == len(sw)
+    sw_settings = load_scale("sweep", "cpu")
+    sw = sweep.plan(sw_settings)
+    assert len(sw_settings.models) == 4  # the issue asks for at least 4 compression factors at CPU scale
+    assert len(sw) == len(sw_settings.models) * len(sw_settings.configs) * len(sw_settings.seeds)
+    assert len({r.key for r in sw}) == len(sw)
     assert parse_seeds(3) == [0, 1, 2] and parse_seeds("4,7") == [4, 7] and parse_seeds("2") == [0, 1]
     for bad in (0, "1,1", "x"):
         with pytest.raises(ToolkitError):

@@ -188,7 +188,7 @@ def train_model(job: TrainJob, max_epochs_this_call: int | None = None) -> dict:
                 logits, parts = distiller.forward_train(x, y, t_logits)
             loss = sum(parts.values())
             if not torch.isfinite(loss.detach()).item():
-                figures = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                figures = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
                 raise ToolkitError(f"non-finite loss in {job.role} at epoch {epoch + 1}, step {step + 1} ({figures}); "
                                    "lower the learning rate or use precision=fp32")
             optimizer.zero_grad(set_to_none=True)
