@@ -58,6 +58,12 @@ class Cifar10:
     classes: tuple[str, ...] = CIFAR10_CLASSES
 
 
+def _display_path(folder: Path) -> str:
+    """``folder`` relative to the repository root when it lies near it (reports carry no machine paths)."""
+    rel = os.path.relpath(folder.resolve(), REPO_ROOT)
+    return rel if rel.count("..") <= 1 else str(folder)
+
+
 def _from_npz(folder: Path) -> Cifar10:
     def load(split: str) -> ImageSet:
         path = folder / f"cifar10_{split}.npz"
@@ -75,7 +81,7 @@ def _from_npz(folder: Path) -> Cifar10:
     train, test = load("train"), load("test")
     jpeg = train.exact is not None and not bool(train.exact.all())
     desc = JPEG_COPY_NOTE if jpeg else "CIFAR-10"
-    return Cifar10(train, test, str(folder), desc)
+    return Cifar10(train, test, _display_path(folder), desc)
 
 
 def _from_batches_py(folder: Path) -> Cifar10:
@@ -93,7 +99,7 @@ def _from_batches_py(folder: Path) -> Cifar10:
 
     train = read([f"data_batch_{i}" for i in range(1, 6)])
     test = read(["test_batch"])
-    return Cifar10(train, test, str(folder), "CIFAR-10 (pristine torchvision files)")
+    return Cifar10(train, test, _display_path(folder), "CIFAR-10 (pristine torchvision files)")
 
 
 def _find_in(folder: Path) -> Cifar10 | None:
