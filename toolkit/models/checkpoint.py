@@ -7,7 +7,6 @@ atomically, so a file that exists is always complete.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,10 @@ import torch
 from torch import nn
 
 from toolkit import ToolkitError
+from toolkit.io import atomic_torch_save
 from toolkit.models.registry import build_model
 
 CHECKPOINT_FORMAT = "edge-distill-checkpoint-v1"
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(model: nn.Module, model_name: str, path: str | os.PathLike, meta: dict | None = None) -> None:
