@@ -120,7 +120,20 @@ class LossConfig:
     temperature: float = 2.5
     alpha: float = 0.01
     """total = alpha * KD + (1 - alpha) * CE (+ at_weight * AT)."""
-    at_weight: float = 0.8
+    at_form: str = "paper"
+    """``paper``: g * mean over tapped layers of mean((A_t - A_s)^2) (METHOD.md section 2); ``zagoruyko``:
+    beta / 2 * sum over layers, as Zagoruyko & Komodakis (toolkit.distill.losses.AT_FORMS)."""
+    at_weight: float | None = None
+    """g (paper form) or beta (zagoruyko form); null = the form's published value, 0.8 or 1000."""
+    at_layers: list[str] | None = None
+    """Module names tapped in both networks for AT; null = the model family's rule (``python -m toolkit models``):
+    one layer by METHOD.md's rule for MobileNetV2-CIFAR, the three stage outputs layer1-3 for CIFAR ResNets."""
+
+    @property
+    def at_weight_value(self) -> float:
+        from toolkit.distill.losses import DEFAULT_AT_WEIGHT
+
+        return float(DEFAULT_AT_WEIGHT[self.at_form] if self.at_weight is None else self.at_weight)
 
 
 @dataclass
@@ -243,6 +256,12 @@ def validate(cfg: RunConfig) -> None:
         (0 < cfg.overlay.exponent_min <= cfg.overlay.exponent_max, "overlay exponents need 0 < exponent_min <= exponent_max"),
         (0 <= cfg.loss.alpha <= 1, f"loss.alpha must be in [0, 1], got {cfg.loss.alpha}"),
         (cfg.loss.temperature > 0, f"loss.temperature must be > 0, got {cfg.loss.temperature}"),
+        (cfg.loss.at_form in ("paper", "zagoruyko"), f"loss.at_form must be paper or zagoruyko, got '{cfg.loss.at_form}'"),
+        (cfg.loss.at_weight is None or (isinstance(cfg.loss.at_weight, (int, float)) and cfg.loss.at_weight >= 0),
+         f"loss.at_weight must be a number >= 0 or null, got {cfg.loss.at_weight!r}"),
+        (cfg.loss.at_layers is None or (isinstance(cfg.loss.at_layers, list) and cfg.loss.at_layers
+                                        and all(isinstance(n, str) for n in cfg.loss.at_layers)),
+         f"loss.at_layers must be a non-empty list of module names or null, got {cfg.loss.at_layers!r}"),
         (cfg.ig.steps >= 1, f"ig.steps must be >= 1, got {cfg.ig.steps}"),
         (cfg.ig.baseline in ("mean", "black"), f"ig.baseline must be mean or black, got '{cfg.ig.baseline}'"),
         (cfg.ig.target in ("label", "pred"), f"ig.target must be label or pred, got '{cfg.ig.target}'"),

@@ -199,9 +199,10 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
     teacher_logits = None
     if use_kd and cfg.teacher_outputs == "cached":
         teacher_logits = cached_teacher_logits(teacher, data, device, precision)
-    at_layers = get_spec(name).at_layers
-    if use_at and get_spec(name).family != get_spec(cfg.teacher.model).family:
-        raise ToolkitError(f"attention transfer pairs layers by name: {name} and {cfg.teacher.model} are of different families")
+    at_layers = tuple(cfg.loss.at_layers) if cfg.loss.at_layers else get_spec(name).at_layers
+    if use_at and not cfg.loss.at_layers and get_spec(name).family != get_spec(cfg.teacher.model).family:
+        raise ToolkitError(f"attention transfer pairs layers by name: {name} and {cfg.teacher.model} are of different "
+                           "families (name the layers with loss.at_layers=[...])")
     stage_cfg = {"model": name, "optim": cfg.student.__dict__, "configuration": configuration, "seed": seed,
                  "loss": cfg.loss.__dict__ if (use_kd or use_at) else None, "overlay": cfg.overlay.__dict__ if use_ig else None,
                  "ig": cfg.ig.__dict__ if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,

@@ -45,11 +45,14 @@ def train_val_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[tor
 
 
 def subset_size(n: int, size: int | float | None) -> int:
-    """``size`` as a count: None keeps all, a float in (0, 1] is a fraction of ``n``, an int is a count."""
+    """``size`` as a count: None keeps all; a number in (0, 1] is a fraction of ``n`` (so ``1`` and ``1.0`` both keep
+    all, never one image); a whole number above 1 is a count."""
     if size is None:
         return n
-    if isinstance(size, float) and 0 < size <= 1:
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise ToolkitError(f"subset size must be a fraction in (0, 1] or a count in [2, {n}], got {size!r}")
+    if 0 < size <= 1:
         return max(1, round(n * size))
-    if int(size) != size or not 0 < int(size) <= n:
-        raise ToolkitError(f"subset size must be a fraction in (0, 1] or a count in [1, {n}], got {size}")
+    if int(size) != size or not 1 < int(size) <= n:
+        raise ToolkitError(f"subset size must be a fraction in (0, 1] or a count in [2, {n}], got {size}")
     return int(size)

@@ -1,7 +1,11 @@
 """The Distiller: a student, a frozen teacher in eval mode, and the configured losses.
 
 ``forward_train(x, y)`` returns the student's logits and a dict of *weighted* named losses whose sum is the total:
-``ce = (1 - alpha) * CE`` (or plain CE without KD), ``kd = alpha * KD``, ``at = g * AT``.
+``ce = (1 - alpha) * CE`` (or plain CE without KD), ``kd = alpha * KD``, ``at = weight * AT`` (``loss.at_form``).
+``weights`` gives each term's weight, so the unweighted value of a term is ``losses[k] / weights[k]``.
+
+The forward hooks that capture AT features live only as long as the Distiller is in use: call :meth:`close` (or use
+it as a context manager) when done, and the teacher and student carry no hooks of ours afterwards.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class FeatureTap:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        self._handles = []
+        self.outputs = {}
 
 
 class Distiller(nn.Module):
@@ -55,9 +61,33 @@ class Distiller(nn.Module):
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
+        if use_at and not at_layers:
+            raise ValueError("attention transfer needs at least one layer name (at_layers)")
         student_module = getattr(student, "module", student)
-        self._student_tap = FeatureTap(student_module, at_layers) if use_at else None
-        self._teacher_tap = FeatureTap(teacher, at_layers) if use_at else None
+        self._student_tap = FeatureTap(student_module, tuple(at_layers)) if use_at else None
+        self._teacher_tap = FeatureTap(teacher, tuple(at_layers)) if use_at else None
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weight of each named loss that ``forward_train`` returns (unweighted = weighted / weight)."""
+        a = self.loss.alpha
+        w = {"ce": 1 - a, "kd": a} if self.use_kd else {"ce": 1.0}
+        if self.use_at:
+            w["at"] = self.loss.at_weight_value
+        return w
+
+    def close(self) -> None:
+        """Remove the feature hooks from student and teacher and drop the tensors they held."""
+        for tap in (self._student_tap, self._teacher_tap):
+            if tap is not None:
+                tap.remove()
+        self._student_tap = self._teacher_tap = None
+
+    def __enter__(self) -> "Distiller":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def train(self, mode: bool = True) -> "Distiller":
         self.student.train(mode)
@@ -85,6 +115,8 @@ class Distiller(nn.Module):
         else:
             losses["ce"] = ce
         if self.use_at:
-            losses["at"] = self.loss.at_weight * attention_transfer_loss(self._student_tap.take(),
-                                                                         [f.detach() for f in self._teacher_tap.take()])
+            if self._student_tap is None:
+                raise RuntimeError("this Distiller was closed: its attention-transfer hooks are gone")
+            losses["at"] = self.loss.at_weight_value * attention_transfer_loss(
+                self._student_tap.take(), [f.detach() for f in self._teacher_tap.take()], self.loss.at_form)
         return logits, losses

@@ -36,8 +36,21 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
 
 
-def attention_transfer_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over layer pairs of ``mean((A_t - A_s)^2)``; each pair must share batch and spatial size."""
+AT_FORMS = ("paper", "zagoruyko")
+"""How the per-layer AT terms are combined and weighted (``loss.at_form``):
+
+- ``paper`` (METHOD.md section 2): ``g * mean over layers of mean((A_t - A_s)^2)``, g = ``loss.at_weight`` (0.8);
+- ``zagoruyko`` (Zagoruyko & Komodakis 2017, their code): ``beta / 2 * sum over layers of mean((A_t - A_s)^2)``,
+  beta = ``loss.at_weight`` (1000 in their paper).
+
+``mean`` is over batch and spatial positions. With the paper's weight the term is about 1e-3 of the KD term; the
+original form is about 600x larger per layer.
+"""
+DEFAULT_AT_WEIGHT = {"paper": 0.8, "zagoruyko": 1000.0}
+
+
+def attention_transfer_terms(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+    """Per layer pair ``mean((A_t - A_s)^2)``, shape (L,); each pair must share batch and spatial size."""
     if len(student_features) != len(teacher_features) or not student_features:
         raise ValueError(f"attention_transfer_loss: {len(student_features)} student vs {len(teacher_features)} teacher layers")
     losses = []
@@ -45,7 +58,19 @@ def attention_transfer_loss(student_features: list[torch.Tensor], teacher_featur
         if fs.dim() != 4 or ft.dim() != 4 or fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
             raise ValueError(f"attention_transfer_loss: feature maps {tuple(fs.shape)} and {tuple(ft.shape)} differ in batch or H, W")
         losses.append((attention_map(ft) - attention_map(fs)).pow(2).mean())
-    return torch.stack(losses).mean()
+    return torch.stack(losses)
+
+
+def attention_transfer_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor],
+                            form: str = "paper") -> torch.Tensor:
+    """Unweighted AT loss: ``paper`` = mean over layer pairs of ``mean((A_t - A_s)^2)``; ``zagoruyko`` = half their
+    sum (multiply by beta = ``loss.at_weight`` for the weighted term, as in Zagoruyko & Komodakis)."""
+    terms = attention_transfer_terms(student_features, teacher_features)
+    if form == "paper":
+        return terms.mean()
+    if form == "zagoruyko":
+        return terms.sum() / 2
+    raise ValueError(f"unknown AT form '{form}'; choose one of {', '.join(AT_FORMS)}")
 
 
 LOSS_REGISTRY: dict[str, Callable[..., torch.Tensor]] = {

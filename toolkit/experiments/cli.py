@@ -16,7 +16,8 @@ from pathlib import Path
 from toolkit import ToolkitError
 from toolkit.config import canonical_configuration
 from toolkit.experiments import ablation, generalize, montecarlo, sweep
-from toolkit.experiments.common import finish_invocation, prepare_shared, setup_of, start_study, study_path
+from toolkit.experiments.common import (finish_invocation, prepare_shared, run_settings, settings_fingerprint, setup_of,
+                                       start_study, study_path)
 from toolkit.experiments.report import duration, fmt, hardware, hardware_line, header
 from toolkit.experiments.runner import Runner, load_results, merge_folders, parse_shard, read_study
 from toolkit.experiments.scales import STUDIES, StudySettings, load_scale, parse_list, parse_seeds
@@ -57,6 +58,8 @@ def build_parser(study: str) -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", default=None, metavar="FOLDER", help="merge these study folders into --out, "
                    "then report")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from results.jsonl; train nothing")
+    p.add_argument("--rerun-stale", action="store_true", help="retrain runs recorded with other settings (their old "
+                   "records stay in results.jsonl, unread; their folders move to stale/)")
     p.add_argument("--prepare-only", action="store_true", help="prepare data, teacher and IG maps, then stop "
                    "(copy shared/ to other machines before sharding)")
     p.add_argument("overrides", nargs="*", help="run-config overrides key=value, e.g. student.epochs=3")
@@ -160,9 +163,10 @@ def run_training_study(study: str, ns: argparse.Namespace, command: str) -> int:
         return 0
     shard = parse_shard(ns.shard)
     specs = module.plan(settings)
-    start_study(folder, settings, [s.key for s in specs])
-    runner = Runner(folder)
-    pending = runner.pending(specs, shard)
+    flat = run_settings(settings)
+    runner = Runner(folder, settings_fingerprint(flat), flat, rerun_stale=ns.rerun_stale)
+    pending = runner.pending(specs, shard)  # refuses results of other settings before study.json is touched
+    start_study(folder, settings, [s.key for s in specs], flat)
     ran = 0
     if pending or ns.prepare_only:
         from toolkit.device import select_device

@@ -124,10 +124,31 @@ def study_path(settings: StudySettings, out: str | None) -> Path:
     return Path(out) if out else Path("reports") / f"{settings.study}-{settings.scale}"
 
 
-def start_study(folder: Path, settings: StudySettings, plan_keys: list[str]) -> dict:
-    """Create or update ``study.json``; refuse a folder holding another study or scale."""
+RESULT_NEUTRAL_KEYS = ("progress", "baseline", "configuration", "seed", "num_workers")
+"""Run-config keys that do not change a study run's result (or are set per run from its spec)."""
+
+
+def run_settings(settings: StudySettings) -> dict:
+    """The flat settings every run of the study shares: the resolved run config (preset + overrides, less the
+    per-run and result-neutral keys) and the study name. Their hash is each result line's ``settings_fingerprint``."""
+    from toolkit.experiments.runner import flatten_settings
+
+    values = {k: v for k, v in base_config(settings).to_dict().items() if k not in RESULT_NEUTRAL_KEYS}
+    return {"study": settings.study, **flatten_settings(values)}
+
+
+def settings_fingerprint(flat: dict) -> str:
+    from toolkit.pipeline import fingerprint
+
+    return fingerprint(flat)
+
+
+def start_study(folder: Path, settings: StudySettings, plan_keys: list[str], flat: dict | None = None) -> dict:
+    """Create or update ``study.json``; refuse a folder holding another study or scale. ``flat``: the run settings
+    (default :func:`run_settings`), stored with their fingerprint; check stale results (Runner.pending) first."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / STUDY_FILE
+    flat = run_settings(settings) if flat is None else flat
     if path.is_file():
         study = read_study(folder)
         if study.get("study") != settings.study or study.get("scale") != settings.scale:
@@ -135,7 +156,8 @@ def start_study(folder: Path, settings: StudySettings, plan_keys: list[str]) -> 
                                f"'{settings.study}' at '{settings.scale}': choose another --out")
     else:
         study = {"study": settings.study, "scale": settings.scale, "invocations": []}
-    study.update(preset=settings.preset, overrides=settings.overrides, settings=settings.to_dict(), plan=plan_keys)
+    study.update(preset=settings.preset, overrides=settings.overrides, settings=settings.to_dict(), plan=plan_keys,
+                 settings_fingerprint=settings_fingerprint(flat), run_settings=flat)
     atomic_write_json(path, study)
     return study
 

@@ -7,7 +7,13 @@ function resumes it from its own checkpoint in ``<folder>/runs/<key>/``.
 
 Sharding: ``--shard i/n`` (0 <= i < n) keeps the runs whose position in the study's plan is ``i`` modulo ``n``. The
 plan order is fixed by the study's settings, so every machine given the same command computes the same partition.
-:func:`merge_folders` unions the results of several folders (checking they ran the same study with the same teacher).
+:func:`merge_folders` unions the results of several folders (checking they ran the same study with the same settings
+and the same teacher).
+
+Results belong to their settings: every line carries ``settings_fingerprint``, the hash of the run settings that
+produced it (``study.json`` keeps those settings under ``run_settings``). A rerun with other settings refuses, naming
+what changed, unless asked to rerun the stale runs (``rerun_stale``: their lines stay in ``results.jsonl`` but are no
+longer read, their folders move to ``stale/<fingerprint>/<key>/``); ``merge`` refuses folders of other settings.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from toolkit.io import append_jsonl, atomic_write_json, atomic_write_text, read_
 RESULTS_FILE = "results.jsonl"
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
+STALE_DIR = "stale"
 
 
 @dataclass(frozen=True)
@@ -63,13 +70,53 @@ def select_shard(specs: list[RunSpec], shard: tuple[int, int] | None) -> list[Ru
     return [s for pos, s in enumerate(specs) if pos % n == i]
 
 
-def load_results(folder: Path) -> dict[str, dict]:
-    """Finished runs of ``folder`` by key (first record of a key wins; a torn last line is ignored)."""
+def load_results(folder: Path, fingerprint: str | None = "study") -> dict[str, dict]:
+    """Finished runs of ``folder`` by key (first record of a key wins; a torn last line is ignored).
+
+    ``fingerprint``: keep only records made with these settings; ``"study"`` (default) means the fingerprint in the
+    folder's study.json (all records when it has none); None keeps every record."""
+    if fingerprint == "study":
+        fingerprint = _study_fingerprint(folder)
     out: dict[str, dict] = {}
     for rec in read_jsonl(Path(folder) / RESULTS_FILE):
         if isinstance(rec, dict) and "key" in rec:
+            if fingerprint is not None and rec.get("settings_fingerprint") != fingerprint:
+                continue
             out.setdefault(rec["key"], rec)
     return out
+
+
+def _study_fingerprint(folder: Path) -> str | None:
+    path = Path(folder) / STUDY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("settings_fingerprint")
+    except json.JSONDecodeError:
+        return None
+
+
+def flatten_settings(values: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the form in which changed settings are named."""
+    out: dict = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def describe_change(old: dict | None, new: dict, limit: int = 6) -> str:
+    """``student.epochs 8 -> 20, loss.at_form paper -> zagoruyko``; what differs between two flat settings dicts."""
+    if old is None:
+        return "recorded without settings (made by an older toolkit)"
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys if old.get(k) != new.get(k)]
+    if not diffs:
+        return "same settings, other fingerprint"
+    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more
 
 
 @contextmanager
@@ -101,42 +148,82 @@ RunFunction = Callable[[RunSpec, Path], dict]
 
 
 class Runner:
-    """Runs the specs of a study folder that are not yet recorded in its ``results.jsonl``."""
+    """Runs the specs of a study folder that are not yet recorded in its ``results.jsonl`` with these settings.
 
-    def __init__(self, folder: str | Path):
+    ``fingerprint`` (with the flat ``settings`` it hashes) identifies the settings of this invocation; every record
+    carries it. Records of the plan made with other settings are stale: :meth:`pending` refuses them (one line naming
+    what changed) unless ``rerun_stale``, which reruns them and moves their run folders aside.
+    """
+
+    def __init__(self, folder: str | Path, fingerprint: str, settings: dict | None = None, rerun_stale: bool = False):
         self.folder = Path(folder)
         self.results_path = self.folder / RESULTS_FILE
+        self.fingerprint = fingerprint
+        self.settings = settings or {}
+        self.rerun_stale = rerun_stale
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.folder / RUNS_DIR / spec.key
 
+    def stale(self, specs: list[RunSpec], shard: tuple[int, int] | None = None) -> dict[str, str | None]:
+        """Keys of ``shard`` recorded only with other settings -> the fingerprint they were recorded with."""
+        current = load_results(self.folder, self.fingerprint)
+        every = load_results(self.folder, None)
+        return {s.key: every[s.key].get("settings_fingerprint") for s in select_shard(specs, shard)
+                if s.key in every and s.key not in current}
+
     def pending(self, specs: list[RunSpec], shard: tuple[int, int] | None = None) -> list[RunSpec]:
-        done = load_results(self.folder)
+        stale = self.stale(specs, shard)
+        if stale and not self.rerun_stale:
+            old = None
+            study_file = self.folder / STUDY_FILE
+            if study_file.is_file():
+                old = read_study(self.folder).get("run_settings")
+            raise ToolkitError(f"{self.folder}: {len(stale)} recorded run(s) were made with other settings "
+                               f"({describe_change(old, self.settings)}); pass --rerun-stale to retrain them "
+                               "(old records kept, their folders moved to stale/), or choose another --out")
+        done = load_results(self.folder, self.fingerprint)
         return [s for s in select_shard(specs, shard) if s.key not in done]
+
+    def _move_stale_folder(self, key: str, old_fingerprint: str | None) -> None:
+        src = self.folder / RUNS_DIR / key
+        if src.exists():
+            dst = self.folder / STALE_DIR / str(old_fingerprint or "unfingerprinted") / key
+            suffix = 1
+            while dst.exists():
+                dst, suffix = dst.with_name(f"{key}.{suffix}"), suffix + 1
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src.rename(dst)
 
     def run(self, specs: list[RunSpec], run_fn: RunFunction, shard: tuple[int, int] | None = None,
             log: Callable[[str], None] | None = None) -> list[dict]:
         """Run the pending specs of ``shard`` in plan order; returns the records appended by this call.
 
         ``run_fn(spec, run_dir)`` trains (resuming from ``run_dir`` if a checkpoint is there) and returns a dict of
-        results; the runner adds key, spec (the spec's params), host, shard, finished time, and appends the line.
+        results; the runner adds key, spec (the spec's params), settings_fingerprint, host, shard, finished time, and
+        appends the line.
         """
+        stale = self.stale(specs, shard)
         todo = self.pending(specs, shard)
         mine = select_shard(specs, shard)
         if log:
             log(f"{len(mine) - len(todo)} of {len(mine)} runs{' of shard ' + '/'.join(map(str, shard)) if shard else ''} "
-                f"already recorded in {self.results_path}; {len(todo)} to run")
+                f"already recorded in {self.results_path}; {len(todo)} to run"
+                + (f" ({len(stale)} stale, rerun)" if stale else ""))
         records = []
         for number, spec in enumerate(todo, 1):
             if log:
                 log(f"[{number}/{len(todo)}] run {spec.key} {spec.params}")
+            if spec.key in stale:
+                self._move_stale_folder(spec.key, stale[spec.key])
             run_dir = self.run_dir(spec)
             run_dir.mkdir(parents=True, exist_ok=True)
             result = run_fn(spec, run_dir)
-            if "key" in result or "spec" in result:
-                raise ToolkitError("a run function must not return 'key' or 'spec' (the runner sets them)")
-            record = {"key": spec.key, "spec": spec.params, **result, "host": socket.gethostname(),
-                      "shard": "/".join(map(str, shard)) if shard else None,
+            if {"key", "spec", "settings_fingerprint"} & set(result):
+                raise ToolkitError("a run function must not return 'key', 'spec' or 'settings_fingerprint' "
+                                   "(the runner sets them)")
+            record = {"key": spec.key, "spec": spec.params, "settings_fingerprint": self.fingerprint, **result,
+                      "host": socket.gethostname(), "shard": "/".join(map(str, shard)) if shard else None,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             append_record(self.results_path, record)
             records.append(record)
@@ -168,10 +255,21 @@ def merge_folders(folders: list[Path], out: Path) -> dict:
         for key in ("study", "scale"):
             if s.get(key) != first.get(key):
                 raise ToolkitError(f"cannot merge: {folders[0]} is {key} '{first.get(key)}' but {f} is '{s.get(key)}'")
+        if s.get("settings_fingerprint") != first.get("settings_fingerprint") or not s.get("settings_fingerprint"):
+            what = describe_change(first.get("run_settings"), s.get("run_settings") or {}) \
+                if s.get("run_settings") and first.get("run_settings") else "recorded without settings (older toolkit)"
+            raise ToolkitError(f"cannot merge: {folders[0]} and {f} ran with other settings ({what})")
+    fingerprint = first["settings_fingerprint"]
     merged: dict[str, dict] = {}
     teachers: dict[str, Path] = {}
     for f in folders:
-        for key, rec in load_results(f).items():
+        every = load_results(f, None)
+        foreign = [k for k, r in every.items() if r.get("settings_fingerprint") != fingerprint
+                   and k not in load_results(f, fingerprint)]
+        if foreign:
+            raise ToolkitError(f"cannot merge: {f} holds {len(foreign)} run(s) recorded with other settings than its "
+                               f"study.json ({foreign[0]}, ...): rerun them there with --rerun-stale first")
+        for key, rec in load_results(f, fingerprint).items():
             sha = rec.get("teacher_sha256")
             if sha:
                 teachers.setdefault(sha, f)
