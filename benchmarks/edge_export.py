@@ -1,20 +1,19 @@
 """Read and verify a run's ONNX export folder (``runs/<name>/export/``) for the bench harness.
 
-All coupling to the export manifest's schema (``deploy.manifest``: ``{"schema": "edge-distill-export-manifest",
-"models": {"student.fp32" | "student.int8" | "teacher.fp32": {"file", "sha256", "input": {"name", "shape"},
-"output": {"name"}, "accuracy": {"top1", "max_drop", ...}, ...}}}``) lives in :func:`parse_manifest`.
+The manifest is read and validated by ``deploy.manifest.read_manifest``, the schema's one home; :func:`export_info`
+is the one place that maps it to what the bench needs (the three roles it times, their files, IO names, the
+accuracies the exporter measured and the int8 gate). :func:`load_export` adds the checks of the files themselves.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgecommon.hashing import sha256_file
+from deploy.manifest import MANIFEST_NAME, Manifest, ModelEntry, read_manifest
 from toolkit import ToolkitError
-from deploy.manifest import sha256_file
 
-MANIFEST_NAME = "manifest.json"
 REQUIRED_ROLES = ("teacher.fp32", "student.fp32", "student.int8")
 
 
@@ -39,39 +38,31 @@ class ExportInfo:
     max_int8_drop: float | None
     """The export's int8 gate: largest allowed student fp32 - int8 top-1 drop, in percentage points."""
     schema: str | None = None
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
-
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
 
 def _num(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def parse_manifest(raw: dict, folder: Path) -> ExportInfo:
-    """The one place that knows the manifest's keys; tolerant of extra keys, strict on the ones it needs."""
-    models = raw.get("models") if isinstance(raw, dict) else None
-    if not isinstance(models, dict):
-        raise ToolkitError(f"{folder / MANIFEST_NAME} has no 'models' object")
-    missing = [r for r in REQUIRED_ROLES if r not in models]
+def _accuracy(entry: ModelEntry) -> dict:
+    return entry.accuracy if isinstance(entry.accuracy, dict) else {}
+
+
+def export_info(manifest: Manifest, folder: Path) -> ExportInfo:
+    """The bench's view of a validated manifest whose files lie in ``folder``; all three roles must be there."""
+    missing = [r for r in REQUIRED_ROLES if r not in manifest.models]
     if missing:
-        raise ToolkitError(f"{folder / MANIFEST_NAME} lacks model(s) {', '.join(missing)} (has {', '.join(models) or 'none'})")
-    parsed: dict[str, ExportedModel] = {}
+        raise ToolkitError(f"{folder / MANIFEST_NAME} lacks model(s) {', '.join(missing)} "
+                           f"(has {', '.join(manifest.models) or 'none'})")
+    models = {}
     for role in REQUIRED_ROLES:
-        entry = models[role]
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
-            raise ToolkitError(f"{folder / MANIFEST_NAME}: models.{role} needs 'file' and 'sha256' strings")
-        inp = entry.get("input") if isinstance(entry.get("input"), dict) else {}
-        out = entry.get("output") if isinstance(entry.get("output"), dict) else {}
-        acc = entry.get("accuracy") if isinstance(entry.get("accuracy"), dict) else {}
-        parsed[role] = ExportedModel(role=role, path=folder / entry["file"], sha256=entry["sha256"].lower(),
-                                     input_name=str(inp.get("name", "input")), output_name=str(out.get("name", "logits")),
-                                     architecture=entry.get("architecture") or entry.get("model"),
-                                     export_top1=_num(acc.get("top1")))
-    int8_acc = models["student.int8"].get("accuracy") if isinstance(models["student.int8"].get("accuracy"), dict) else {}
-    gate = _num(int8_acc.get("max_drop"))
-    if gate is None and isinstance(raw.get("gate"), dict):
-        gate = _num(raw["gate"].get("max_int8_drop"))
-    return ExportInfo(folder=folder, models=parsed, max_int8_drop=gate, schema=raw.get("schema"), raw=raw)
+        e = manifest.models[role]
+        models[role] = ExportedModel(role=role, path=folder / e.file, sha256=e.sha256.lower(), input_name=e.input.name,
+                                     output_name=e.output.name, architecture=e.architecture,
+                                     export_top1=_num(_accuracy(e).get("top1")))
+    gate = _num(_accuracy(manifest.models["student.int8"]).get("max_drop"))
+    return ExportInfo(folder=folder, models=models, max_int8_drop=gate, schema=manifest.schema, manifest=manifest)
 
 
 def _check_onnx(path: Path) -> None:
@@ -88,18 +79,15 @@ def _check_onnx(path: Path) -> None:
 
 
 def load_export(folder: str | Path, verify: bool = True) -> ExportInfo:
-    """Read ``folder/manifest.json``; check each needed file exists, matches its sha256 and parses as ONNX."""
+    """Read ``folder/manifest.json`` (``deploy.manifest.read_manifest``: a malformed one raises its DeployError, a
+    ToolkitError); check each needed file exists, matches its sha256 and parses as ONNX."""
     folder = Path(folder)
     manifest = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise ToolkitError(f"export folder not found: {folder} (run `make export RUN=...` first)")
     if not manifest.is_file():
         raise ToolkitError(f"export manifest missing: {manifest} (run `make export RUN=...` first)")
-    try:
-        raw = json.loads(manifest.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ToolkitError(f"export manifest {manifest} is not valid JSON: {str(exc).splitlines()[0]}") from None
-    info = parse_manifest(raw, folder)
+    info = export_info(read_manifest(manifest), folder)
     if verify:
         for m in info.models.values():
             if not m.path.is_file():

@@ -3,10 +3,12 @@
     python -m benchmarks.tune_ort [--pairs resnet56:resnet20,mobilenetv2_cifar:mobilenetv2_cifar_L5]
                                   [--threads 1] [--batch 1] [--runs 300] [--out runs/_tune/tune.json]
 
-For each pair: export teacher and student (random weights, fixed seed) to ONNX, quantize the student with each int8
-recipe, then time every model under each session-option variant (batch and threads as given) and print p50 latency
-and the speed-ups student int8 vs teacher ORT fp32 and vs teacher PyTorch eager, measured in the same process. All sessions of a pair are timed interleaved (rounds
-alternating between them), so a busy period of a shared CPU affects every variant alike.
+For each pair: export teacher and student (random weights, fixed seed) to ONNX and quantize the student with each int8
+recipe (a ``deploy.steps.QuantizeConfig``), with the toolkit's own export steps (``deploy.steps``: TorchScript
+exporter, ``quantize_onnx``), then time every model under each session-option variant (batch and threads as given) with
+the one timer (``edgecommon.timing``) and print p50 latency and the speed-ups student int8 vs teacher ORT fp32 and vs
+teacher PyTorch eager, measured in the same process. All sessions of a pair are timed interleaved (rounds alternating
+between them), so a busy period of a shared CPU affects every variant alike.
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.edge_latency import (
-    OrtSettings, TimingPlan, fixed_input, ort_callable, ort_session, summarize, time_interleaved, torch_callable,
-    torch_threads,
-)
-from benchmarks.reference_export import Int8Recipe, export_onnx, quantize_int8
+from edgecommon.timing import TimingPlan, fixed_input, ort_callable, summarize, time_interleaved
+from benchmarks.edge_latency import OrtSettings, ort_session, torch_callable, torch_threads
+from deploy.steps import ExportOnnxConfig, QuantizeConfig, export_onnx, quantize_onnx
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
 from toolkit.models import build_model
@@ -41,14 +41,15 @@ SESSION_VARIANTS: dict[str, OrtSettings] = {
     "all-opt+parallel": OrtSettings(graph_optimization="all", execution_mode="parallel", inter_op_threads=2),
 }
 
-INT8_RECIPES: dict[str, Int8Recipe] = {
-    "u8s8-per-channel": Int8Recipe(),
-    "u8s8-per-channel+no-preprocess": Int8Recipe(preprocess=False),
-    "u8s8-per-tensor": Int8Recipe(per_channel=False),
-    "s8s8-per-channel": Int8Recipe(activation_type="QInt8"),
-    "u8s8-per-channel+extra-options": Int8Recipe(extra_options={"ForceQuantizeNoInputCheck": True,
-                                                                 "QDQKeepRemovableActivations": False}),
+INT8_RECIPES: dict[str, QuantizeConfig] = {
+    "u8s8-per-channel": QuantizeConfig(),
+    "u8s8-per-channel+no-preprocess": QuantizeConfig(preprocess=False),
+    "u8s8-per-tensor": QuantizeConfig(per_channel=False),
+    "s8s8-per-channel": QuantizeConfig(activation_type="QInt8"),
+    "u8s8-per-channel+extra-options": QuantizeConfig(extra_options={"ForceQuantizeNoInputCheck": True,
+                                                                     "QDQKeepRemovableActivations": False}),
 }
+EXPORT = ExportOnnxConfig(exporter="torchscript", opset=17)
 
 
 def calibration_images(n: int = 128, seed: int = 0) -> np.ndarray:
@@ -63,16 +64,18 @@ def calibration_images(n: int = 128, seed: int = 0) -> np.ndarray:
 
 
 def tune_pair(teacher_name: str, student_name: str, workdir: Path, batch: int, threads: int, plan: TimingPlan,
-              variants: dict[str, OrtSettings], recipes: dict[str, Int8Recipe], rounds: int = 10) -> dict:
+              variants: dict[str, OrtSettings], recipes: dict[str, QuantizeConfig], rounds: int = 10) -> dict:
     """Time every (session variant x model) of one pair, interleaved in ``rounds`` so CPU contention hits all alike."""
     torch.manual_seed(0)
     teacher, student = build_model(teacher_name).eval(), build_model(student_name).eval()
-    paths = {"teacher.fp32": export_onnx(teacher, workdir / f"{teacher_name}.fp32.onnx"),
-             "student.fp32": export_onnx(student, workdir / f"{student_name}.fp32.onnx")}
+    paths = {"teacher.fp32": workdir / f"{teacher_name}.fp32.onnx",
+             "student.fp32": workdir / f"{student_name}.fp32.onnx"}
+    export_onnx(teacher, paths["teacher.fp32"], EXPORT)
+    export_onnx(student, paths["student.fp32"], EXPORT)
     calib = calibration_images()
     for i, (name, recipe) in enumerate(recipes.items()):
-        paths[f"student.int8[{name}]"] = quantize_int8(paths["student.fp32"], workdir / f"{student_name}.int8.{i}.onnx",
-                                                       calib, recipe)
+        paths[f"student.int8[{name}]"] = workdir / f"{student_name}.int8.{i}.onnx"
+        quantize_onnx(paths["student.fp32"], paths[f"student.int8[{name}]"], recipe, calib)
     x = fixed_input(batch)
     fns = {"teacher.eager": torch_callable(teacher, x)}
     for vname, settings in variants.items():

@@ -34,7 +34,7 @@ from deploy.steps import (
     model_opset, onnx_logits, quantize_onnx, simplify_onnx, tensor_shape, top1,
 )
 from toolkit import ToolkitError
-from toolkit.data import Cifar10, load_cifar10, make_synthetic
+from toolkit.data import Cifar10, load_cifar10
 from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_model
 from toolkit.runs import RunFolder, open_run
@@ -100,11 +100,29 @@ def _read_run_config(run: RunFolder) -> dict[str, Any]:
 
 
 def load_run_data(run_config: dict[str, Any], data_dir: str | None = None) -> Cifar10:
-    """The run's dataset: synthetic (config data.dataset == "synthetic", seeded by the config's seed) or CIFAR-10."""
+    """The run's dataset, as its config.yaml (``run_config``) describes it.
+
+    Synthetic (data.dataset == "synthetic"): rebuilt by the toolkit's own data preparation
+    (``toolkit.pipeline.prepare_data``) from the run's data settings, so the test set is the very one the run was
+    evaluated on (same per-class counts, same split seed) and calibration draws from the run's training rows.
+    CIFAR-10: the dataset found via ``data_dir``, the config's data.data_dir, then the usual places.
+    """
     data = run_config.get("data") or {}
-    if data.get("dataset", "cifar10") == "synthetic":
-        return make_synthetic(int(data.get("synthetic_per_class", 40)), seed=int(run_config.get("seed", 0)))
-    return load_cifar10(data_dir or data.get("data_dir"))
+    if not isinstance(data, dict):
+        raise ToolkitError(f"run config 'data' must be a mapping, got {type(data).__name__}")
+    if data.get("dataset", "cifar10") != "synthetic":
+        return load_cifar10(data_dir or data.get("data_dir"))
+    from dataclasses import fields
+
+    from toolkit.config import DataConfig, RunConfig
+    from toolkit.pipeline import prepare_data
+
+    known = {f.name for f in fields(DataConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ToolkitError(f"run config has unknown data key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    prepared = prepare_data(RunConfig(data=DataConfig(**data)))
+    return Cifar10(prepared.train, prepared.test, "synthetic", prepared.description, tuple(prepared.classes))
 
 
 def _normalization(model: torch.nn.Module) -> Normalization:

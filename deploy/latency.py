@@ -1,8 +1,9 @@
 """Quick latency check of exported models: ``python -m deploy.latency runs/<name>/export [--threads 1 --batch 1]``.
 
-Times ONNX Runtime (CPU) ``session.run`` on a fixed random input after a warm-up, and prints percentiles in
-milliseconds per batch. A quick sanity check that int8 is faster than fp32; ``benchmarks.bench_edge`` is the full
-benchmark. Imports only numpy, onnxruntime and the standard library.
+Times ONNX Runtime (CPU) ``session.run`` on a fixed random input with the project's one timer (``edgecommon.timing``):
+warm-up, then ``--repeats`` timed runs per round, ``--rounds`` rounds alternating between the models; prints the
+median of the per-round p50s in milliseconds per batch. A quick sanity check that int8 is faster than fp32;
+``benchmarks.bench_edge`` is the full benchmark. Imports only numpy, onnxruntime, the standard library and ``edgecommon``.
 """
 
 from __future__ import annotations
@@ -10,31 +11,23 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from deploy.manifest import DeployError, read_manifest
+from edgecommon import ToolkitError
+from edgecommon.timing import TimingPlan, fixed_input, measure, ort_callable, percentile, time_rounds
+from deploy.manifest import read_manifest
 from deploy.runtime import create_session
 
 
 def time_model(path: str | Path, batch: int = 1, threads: int = 1, warmup: int = 50, repeats: int = 500,
                image_size: tuple[int, int] = (32, 32)) -> dict[str, float]:
     """Latency of one model in ms per batch: {"p50", "p90", "p99", "mean"}; ``repeats`` timed runs after ``warmup``."""
-    session = create_session(path, threads)
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).random((batch, 3, *image_size), dtype=np.float32)
-    for _ in range(warmup):
-        session.run(None, {name: x})
-    times = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, {name: x})
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)),
-            "mean": float(ms.mean())}
+    x = fixed_input(batch, seed=0, shape=(3, *image_size))
+    plan = TimingPlan(warmup=warmup, runs=repeats, duration_s=0)
+    stats = measure(ort_callable(create_session(path, threads), x), plan, batch)
+    return {"p50": stats.p50_ms, "p90": stats.p90_ms, "p99": stats.p99_ms, "mean": stats.mean_ms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,17 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.manifest)
         folder = path if path.is_dir() else path.parent
         manifest = read_manifest(path)
-        results: dict[str, list[float]] = {k: [] for k in manifest.models}
-        for _ in range(args.rounds):
-            for key, entry in manifest.models.items():
-                size = (int(entry.preprocessing.image_size[0]), int(entry.preprocessing.image_size[1]))
-                results[key].append(time_model(folder / entry.file, args.batch, args.threads, args.warmup, args.repeats, size)["p50"])
-    except DeployError as exc:
+        fns = {}
+        for key, entry in manifest.models.items():
+            x = fixed_input(args.batch, seed=0, shape=(3, *(int(v) for v in entry.preprocessing.image_size)))
+            fns[key] = ort_callable(create_session(folder / entry.file, args.threads), x)
+        plan = TimingPlan(warmup=args.warmup, runs=args.repeats * args.rounds, duration_s=0)
+        rounds = time_rounds(fns, plan, args.rounds)
+    except ToolkitError as exc:  # DeployError is one
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"# {platform.processor() or platform.machine()}, batch {args.batch}, {args.threads} thread(s), "
           f"{args.repeats} runs x {args.rounds} rounds; median of per-round p50, ms per batch")
-    for key, values in results.items():
+    for key, per_round in rounds.items():
+        values = [percentile(t, 50) for t in per_round]
         print(f"{key:14s} p50 {np.median(values):.3f} ms (rounds: {', '.join(f'{v:.3f}' for v in values)})")
     return 0
 

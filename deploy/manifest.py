@@ -1,6 +1,6 @@
 """The export manifest schema, in one place: ``deploy.export`` writes it, ``deploy.runtime`` reads it.
 
-Standard library only, so the device runtime can import it. A manifest is JSON::
+Standard library and the bottom layer ``edgecommon`` only, so the device runtime can import it. A manifest is JSON::
 
     {"schema": "edge-distill-export-manifest", "schema_version": 1, "created_utc": ..., "toolkit_version": ...,
      "run": ..., "data": {...}, "classes": [...], "calibration": {...} | null,
@@ -13,12 +13,14 @@ preprocessing (``Preprocessing``), accuracies, source checkpoint, parity figures
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from edgecommon import ToolkitError
+from edgecommon.hashing import sha256_file  # noqa: F401 - the runtime's and the exporter's sha256, re-exported here
 
 SCHEMA = "edge-distill-export-manifest"
 SCHEMA_VERSION = 1
@@ -30,17 +32,8 @@ RESIZE_RULE = "shorter side to 32 px (Pillow bilinear, antialiased), then centre
 COLOR_RULE = "any Pillow mode convertible to RGB (grayscale replicated to 3 channels, alpha and palette dropped)"
 
 
-class DeployError(Exception):
+class DeployError(ToolkitError):
     """Bad input or state in export or runtime; CLIs print it as one ``error: ...`` line and exit non-zero."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -177,6 +170,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise DeployError(f"manifest not found: {path}")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise DeployError(f"cannot read manifest {path}: not valid JSON: {str(exc).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise DeployError(f"cannot read manifest {path}: {str(exc).splitlines()[0]}") from None
     return manifest_from_dict(raw)

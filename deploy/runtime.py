@@ -1,7 +1,7 @@
 """Device runtime: load an exported model by its manifest, verify it, preprocess images, return top-k labels.
 
-Imports only numpy, onnxruntime, Pillow and the standard library (no torch, no toolkit), so it runs on a device
-with ``pip install numpy onnxruntime pillow``.
+Imports only numpy, onnxruntime, Pillow, the standard library and the bottom layer ``edgecommon`` (no torch, no toolkit),
+so it runs on a device with ``pip install numpy onnxruntime pillow`` and a copy of ``deploy/`` and ``edgecommon/``.
 
 Image rules (also written into every manifest's ``preprocessing``):
 - size: an image that is not 32x32 is resized, shorter side to 32 px with Pillow's (antialiased) bilinear filter,
@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
-from deploy.manifest import DeployError, Manifest, ModelEntry, read_manifest, sha256_file
+from edgecommon.hashing import sha256_file
+from deploy.manifest import DeployError, Manifest, ModelEntry, read_manifest
 
 DEFAULT_MODEL = "student.int8"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

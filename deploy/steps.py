@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 import time
 import warnings
@@ -184,6 +185,8 @@ class QuantizeConfig:
     quantize_bias: bool = True
     percentile: float = 99.999
     """Kept percentile of |activation| for ``percentile`` calibration."""
+    preprocess: bool = True
+    """Run ``quant_pre_process`` (shape inference + ORT graph optimisation) first; False quantizes the graph as is."""
     extra_options: dict[str, Any] = field(default_factory=dict)
     """Further onnxruntime.quantization extra_options, passed through."""
 
@@ -238,7 +241,8 @@ def _quiet() -> Iterator[None]:
 
 
 def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray | None) -> StepRecord:
-    """``quant_pre_process`` (shape inference + ORT graph optimisation), then static QDQ or dynamic int8 into ``dst``.
+    """``quant_pre_process`` (shape inference + ORT graph optimisation; ``cfg.preprocess``), then static QDQ or dynamic
+    int8 into ``dst``.
 
     ``calib``: float32 (N, 3, H, W) in [0, 1] calibration images (static mode).
     """
@@ -249,7 +253,10 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray |
     t0 = time.perf_counter()
     pre = dst.with_name(dst.name.replace(".onnx", ".pre.onnx"))
     try:
-        quant_pre_process(str(src), str(pre))
+        if cfg.preprocess:
+            quant_pre_process(str(src), str(pre))
+        else:
+            shutil.copyfile(src, pre)
         extra = {"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": cfg.weight_symmetric,
                  "QuantizeBias": cfg.quantize_bias, **cfg.extra_options}
         if cfg.mode == "static":

@@ -53,6 +53,7 @@ def _rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+@pytest.mark.slow
 def test_maps_match_captum_fp32(data):
     model = _teacher()
     images, labels = data.train.images[:5], data.train.labels[:5]
@@ -91,7 +92,7 @@ def test_bad_inputs_are_refused(data):
                         CPU, "fp32", progress=False)
 
 
-@pytest.mark.parametrize("name", ["resnet8", "mobilenetv2_cifar_L13"])
+@pytest.mark.parametrize("name", ["resnet8", pytest.param("mobilenetv2_cifar_L13", marks=pytest.mark.slow)])
 def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data, name):
     model = _teacher(name=name)
     images, labels = data.train.images[:8], data.train.labels[:8]
@@ -245,6 +246,7 @@ def test_fingerprint_depends_on_what_changes_the_maps(data):
     assert len(base) == 64
 
 
+@pytest.mark.slow
 def test_float16_storage_leaves_overlay_unchanged(tmp_path, data):
     """Tolerance: overlays from float16- and float32-stored maps differ by < 1e-3 (a quarter of a uint8 level)."""
     model = _teacher()
@@ -281,6 +283,7 @@ def _distributed_worker(rank: int, world: int, port: int, images, labels, out_di
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_shares_are_gathered_in_order(tmp_path, data):
     import torch.multiprocessing as mp
 
@@ -293,6 +296,7 @@ def test_distributed_shares_are_gathered_in_order(tmp_path, data):
         assert torch.allclose(gathered, single, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @requires_shared_data
 @requires_shared_checkpoints

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from edgecommon.hashing import sha256_file
+from edgecommon.timing import TimingPlan, fixed_input, percentile, summarize, time_callable, time_interleaved
 from benchmarks import bench_edge
-from benchmarks.edge_export import load_export, parse_manifest, sha256_file
-from benchmarks.edge_latency import TimingPlan, fixed_input, percentile, summarize, time_callable, time_interleaved
-from benchmarks.reference_export import write_reference_export
+from benchmarks.edge_export import export_info, load_export
+from deploy.export import ExportConfig, run_export
+from deploy.manifest import manifest_from_dict
+from deploy.steps import ExportOnnxConfig, QuantizeConfig
 from toolkit import ToolkitError
 from toolkit.models import build_model, save_checkpoint
 from toolkit.models.profile import count_params
 
 TINY = ["--batches", "1,2", "--threads", "1", "--runs", "3", "--warmup", "1"]
+GATE = 2.5  # the fixture export's int8 gate (points of top-1), as written into its manifest
 
 
 # ---------------------------------------------------------------- statistics and timing
@@ -50,13 +55,39 @@ def test_summarize_orders_percentiles_and_throughput():
         summarize([], batch=1)
 
 
-def test_time_callable_counts_warmup_and_runs():
+class _FakeClock:
+    """Stands in for ``time.perf_counter_ns``: only the timed callables advance it, so times are known exactly."""
+
+    def __init__(self) -> None:
+        self.ns = 10**12
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def test_time_callable_counts_warmup_and_runs(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(time, "perf_counter_ns", clock)
     calls = []
-    times = time_callable(lambda: calls.append(1), TimingPlan(warmup=4, runs=7))
-    assert len(times) == 7 and len(calls) == 11 and all(t >= 0 for t in times)
+
+    def work():  # call k takes 1.5 * k ms
+        calls.append(1)
+        clock.ns += 1_500_000 * len(calls)
+
+    times = time_callable(work, TimingPlan(warmup=4, runs=7))
+    assert len(calls) == 11 and times == pytest.approx([1.5 * k for k in range(5, 12)])  # warm-up calls not timed
+
+    def step():  # every call takes 1 ms
+        calls.append(1)
+        clock.ns += 1_000_000
+
     calls.clear()
-    times = time_callable(lambda: calls.append(1), TimingPlan(warmup=0, runs=0, duration_s=1e-9, min_runs=5))
-    assert len(times) == 5  # the duration has passed after the first run; the floor keeps it going to 5
+    times = time_callable(step, TimingPlan(warmup=0, runs=0, duration_s=0.0055, min_runs=2))
+    assert times == pytest.approx([1.0] * 6)  # the 6th call ends 6 ms in, past the 5.5 ms deadline
+    times = time_callable(step, TimingPlan(warmup=0, runs=0, duration_s=0.0055, min_runs=9))
+    assert len(times) == 9  # past the deadline, the floor keeps it going
+    times = time_callable(step, TimingPlan(warmup=0, runs=0, duration_s=1.0, min_runs=2, max_runs=4))
+    assert len(times) == 4  # the cap stops it long before the deadline
     with pytest.raises(ToolkitError):
         TimingPlan(runs=0, duration_s=0)
 
@@ -78,6 +109,9 @@ def test_fixed_input_is_seeded():
     assert a.dtype == np.float32 and a.shape == (4, 3, 32, 32)
     assert np.array_equal(a, b) and not np.array_equal(a, fixed_input(4, seed=4))
     assert 0.0 <= a.min() and a.max() < 1.0
+    # the same values on every machine: numpy's PCG64 stream for seed 3, pinned
+    np.testing.assert_array_equal(a[0, 0, 0, :3], np.float32([0.8115044832229614, 0.08564913272857666, 0.1794406771659851]))
+    np.testing.assert_array_equal(a[3, 2, 31, 29:], np.float32([0.23250919580459595, 0.46773606538772583, 0.9764154553413391]))
 
 
 # ---------------------------------------------------------------- fixtures: a small real export
@@ -106,9 +140,37 @@ def export_run(tmp_path_factory):
                "teacher": {"name": "resnet14", "params": count_params(teacher), "checkpoint": "teacher.pt"},
                "student": {"name": "resnet8", "params": count_params(student), "checkpoint": "student.pt"}}
     (root / "summary.json").write_text(json.dumps(summary))
-    write_reference_export(root / "export", teacher, student, fixed_input(32, seed=1),
-                           names={"teacher": "resnet14", "student": "resnet8"}, max_int8_drop=100.0)
-    return root, _write_synthetic_cifar(base / "data")
+    data = _write_synthetic_cifar(base / "data")
+    cfg = ExportConfig(export=ExportOnnxConfig(exporter="torchscript", opset=17), quantize=QuantizeConfig(calib_size=32),
+                       max_drop=GATE, data_dir=str(data))
+    run_export(root, cfg, log=lambda s: None)  # deploy.export itself (random weights: every image one class, drop 0)
+    return root, data
+
+
+def _independent_predictions(export_run) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Top-1 predictions of the four models recomputed here, without the harness: the data folder's test npz,
+    ONNX Runtime sessions opened here and PyTorch eager for the teacher checkpoint."""
+    import onnxruntime as ort
+
+    from toolkit.models import load_model
+
+    root, data = export_run
+    test = np.load(data / "cifar10_test.npz")
+    images, labels = test["x"].transpose(0, 3, 1, 2), test["y"]
+    x = images.astype(np.float32) * np.float32(1 / 255)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    preds = {}
+    for role in ("teacher.fp32", "student.fp32", "student.int8"):
+        session = ort.InferenceSession(str(root / "export" / f"{role}.onnx"), opts, providers=["CPUExecutionProvider"])
+        preds[role] = session.run(None, {"input": x})[0].argmax(1)
+    with torch.no_grad():
+        preds["teacher.fp32.eager"] = load_model("resnet14", root / "teacher.pt")(torch.from_numpy(images).float() / 255).argmax(1).numpy()
+    return preds, labels
+
+
+def _top1(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((pred == labels).mean() * 100)
 
 
 def _copy_run(export_run, tmp_path) -> Path:
@@ -142,19 +204,32 @@ def test_harness_writes_report_with_sane_values(export_run, capsys):
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["images_per_s"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
     assert {(s["batch"], s["threads"]) for s in report["speedups"]} == {(1, 1), (2, 1)}
-    assert all(s["int8_vs_teacher_ort_fp32"] > 0 and s["int8_vs_teacher_eager"] > 0 for s in report["speedups"])
+    p50 = {(r["model"], r["batch"], r["threads"]): r["p50_ms"] for r in rows}
+    for s in report["speedups"]:  # ratios of the p50s in the latency table
+        k = (s["batch"], s["threads"])
+        assert s["int8_vs_teacher_ort_fp32"] == pytest.approx(p50[("teacher.fp32", *k)] / p50[("student.int8", *k)])
+        assert s["int8_vs_teacher_eager"] == pytest.approx(p50[("teacher.fp32.eager", *k)] / p50[("student.int8", *k)])
+        assert s["int8_vs_student_fp32"] == pytest.approx(p50[("student.fp32", *k)] / p50[("student.int8", *k)])
 
     acc = report["accuracy"]
     assert acc["n"] == 200 and acc["data"].startswith("CIFAR-10")
-    for m in acc["models"].values():
-        assert 0 <= m["top1"] <= 100 and len(m["per_class"]) == 10
+    preds, labels = _independent_predictions(export_run)
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    assert set(acc["models"]) == set(preds)
+    for key, m in acc["models"].items():
+        p = preds[key]
+        assert m["top1"] == pytest.approx(_top1(p, labels)), key
+        assert m["per_class"] == pytest.approx({c: _top1(p[labels == i], i) for i, c in enumerate(classes)}), key
     assert set(acc["agreement"]) >= {"student.int8 vs student.fp32", "student.int8 vs teacher.fp32"}
+    for pair, value in acc["agreement"].items():
+        a, b = pair.split(" vs ")
+        assert value == pytest.approx(_top1(preds[a], preds[b])), pair
     # ONNX Runtime fp32 and PyTorch eager compute the same teacher
     assert acc["agreement"]["teacher.fp32 vs teacher.fp32.eager"] == 100.0
     assert acc["max_abs_logit_diff"]["teacher.fp32 vs teacher.fp32.eager"] < 1e-3
-    drop = acc["models"]["student.fp32"]["top1"] - acc["models"]["student.int8"]["top1"]
+    drop = _top1(preds["student.fp32"], labels) - _top1(preds["student.int8"], labels)
     assert acc["int8"]["drop_points"] == pytest.approx(drop)
-    assert acc["int8"]["max_drop"] == 100.0 and acc["int8"]["within_gate"] is True
+    assert acc["int8"]["max_drop"] == GATE and acc["int8"]["within_gate"] is (drop <= GATE)
     assert report["aarch64"]["status"] == "skipped"
 
     md = (bench / "report.md").read_text()
@@ -163,6 +238,26 @@ def test_harness_writes_report_with_sane_values(export_run, capsys):
     for name in report["plots"]:
         assert (bench / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in capsys.readouterr().out
+
+
+def test_int8_gate_verdict_on_both_sides_of_the_measured_drop(export_run):
+    """Gates just above, at and just below the drop recomputed here: within, within, outside; no gate: None."""
+    import dataclasses
+
+    from toolkit.models import load_model
+
+    root, data = export_run
+    preds, labels = _independent_predictions(export_run)
+    drop = _top1(preds["student.fp32"], labels) - _top1(preds["student.int8"], labels)
+    info = load_export(root / "export")
+    teacher = load_model("resnet14", root / "teacher.pt")
+    cfg = bench_edge.BenchConfig(run=root, threads=(1,), data_dir=str(data))
+    verdicts = []
+    for gate in (drop + 0.5, drop, drop - 0.5, None):
+        acc = bench_edge.measure_accuracy(cfg, dataclasses.replace(info, max_int8_drop=gate), teacher)[0]
+        assert acc["int8"]["drop_points"] == pytest.approx(drop) and acc["int8"]["max_drop"] == gate
+        verdicts.append(acc["int8"]["within_gate"])
+    assert verdicts == [True, True, False, None]
 
 
 def test_test_subset_and_duration_mode(export_run, tmp_path):
@@ -263,28 +358,30 @@ def test_bad_cli_values(export_run, capsys):
 # ---------------------------------------------------------------- manifest coupling
 
 
-def test_parse_manifest_reads_deploy_schema(tmp_path):
+def test_export_info_reads_deploy_schema(tmp_path):
     """The keys deploy.manifest writes (schema, models.*.file/sha256/input/output/architecture/accuracy)."""
     entry = {"file": "x.onnx", "sha256": "AB" * 32, "size_bytes": 1, "role": "student", "precision": "int8",
              "architecture": "resnet8", "opset": 17, "input": {"name": "input", "shape": ["batch", 3, 32, 32]},
-             "output": {"name": "logits", "shape": ["batch", 10]},
+             "output": {"name": "logits", "shape": ["batch", 10]}, "source_checkpoint": {},
+             "preprocessing": {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}},
              "accuracy": {"top1": 91.5, "n": 10000, "max_drop": 0.5, "drop_points": 0.1}}
-    raw = {"schema": "edge-distill-export-manifest", "schema_version": 1,
-           "models": {"teacher.fp32": {**entry, "precision": "fp32", "accuracy": {"top1": 93.0}},
+    raw = {"schema": "edge-distill-export-manifest", "schema_version": 1, "classes": [], "toolkit_version": "0",
+           "run": "r", "models": {"teacher.fp32": {**entry, "precision": "fp32", "accuracy": {"top1": 93.0}},
                       "student.fp32": {**entry, "precision": "fp32", "accuracy": {"top1": 91.6}},
                       "student.int8": entry}}
-    info = parse_manifest(raw, tmp_path)
+    info = export_info(manifest_from_dict(raw), tmp_path)
     assert info.max_int8_drop == 0.5 and info.schema == "edge-distill-export-manifest"
     assert info.models["student.int8"].path == tmp_path / "x.onnx"
     assert info.models["student.int8"].sha256 == "ab" * 32 and info.models["teacher.fp32"].export_top1 == 93.0
-    with pytest.raises(ToolkitError, match="needs 'file' and 'sha256'"):
-        parse_manifest({"models": {**raw["models"], "student.fp32": {"file": 3}}}, tmp_path)
+    with pytest.raises(ToolkitError, match="lacks model.s. student.int8"):
+        export_info(manifest_from_dict({**raw, "models": {k: raw["models"][k] for k in ("teacher.fp32", "student.fp32")}}),
+                    tmp_path)
 
 
-def test_load_export_of_reference_export(export_run):
+def test_load_export_of_deploy_export(export_run):
     info = load_export(export_run[0] / "export")
     assert set(info.models) == {"teacher.fp32", "student.fp32", "student.int8"}
-    assert info.models["student.int8"].architecture == "resnet8" and info.max_int8_drop == 100.0
+    assert info.models["student.int8"].architecture == "resnet8" and info.max_int8_drop == GATE
 
 
 # ---------------------------------------------------------------- aarch64 under emulation (when set up)

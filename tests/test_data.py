@@ -1,6 +1,5 @@
 """Data: sources, splits, batch-wise augmentation with co-augmented maps, synthetic set."""
 
-import os
 import pickle
 
 import numpy as np
@@ -52,10 +51,10 @@ def test_stratified_split_is_seeded_disjoint_and_balanced():
     assert len(set(tr.tolist()) & set(va.tolist())) == 0 and len(tr) + len(va) == 1000
     assert torch.bincount(labels[va]).tolist() == [20] * 10
     tr2, va2 = train_val_split(labels, 200, seed=1)
-    assert torch.equal(va, va2)
+    assert torch.equal(tr, tr2) and torch.equal(va, va2)
     assert not torch.equal(va, train_val_split(labels, 200, seed=2)[1])
-    sub = stratified_sample(labels, 0.8 if False else 800, seed=3)
-    assert torch.bincount(labels[sub]).tolist() == [80] * 10
+    sub = stratified_sample(labels, 800, seed=3)
+    assert torch.bincount(labels[sub]).tolist() == [80] * 10 and len(set(sub.tolist())) == 800
 
 
 def test_crop_flip_matches_a_direct_per_sample_implementation():
@@ -99,7 +98,11 @@ def test_index_batches_cover_everything_once():
 def test_synthetic_dataset_shapes_and_determinism():
     a, b = make_synthetic(5, 2, seed=1), make_synthetic(5, 2, seed=1)
     assert a.train.images.shape == (50, 3, 32, 32) and a.train.images.dtype == torch.uint8
-    assert torch.equal(a.train.images, b.train.images)
+    assert a.test.images.shape == (20, 3, 32, 32)
+    assert a.train.labels.tolist() == [c for c in range(10) for _ in range(5)]
+    assert a.test.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
+    assert not torch.equal(a.test.images, make_synthetic(5, 2, seed=2).test.images)
 
 
 @pytest.mark.skipif(not SHARED_ALIGNED_DIR.is_dir(), reason="shared ImageNet-aligned set not present")
@@ -108,3 +111,15 @@ def test_imagenet_aligned_has_eight_classes_and_strict_subset():
     strict = load_imagenet_aligned("val", strict=True)
     assert len(full) == 1450 and len(strict) == 1100
     assert sorted(torch.unique(full.labels).tolist()) == [1, 2, 3, 4, 5, 6, 8, 9]
+
+
+def test_subset_size_reads_one_as_all_and_whole_numbers_above_one_as_counts():
+    from toolkit import ToolkitError
+    from toolkit.data.splits import subset_size
+
+    assert subset_size(1000, 1) == 1000 and subset_size(1000, 1.0) == 1000  # "fraction: 1" is everything, not one image
+    assert subset_size(1000, 0.25) == 250 and subset_size(1000, 300) == 300 and subset_size(1000, 300.0) == 300
+    assert subset_size(1000, None) == 1000
+    for bad in (0, -0.5, 1.5, 1001, "half", True):
+        with pytest.raises(ToolkitError, match="subset size"):
+            subset_size(1000, bad)

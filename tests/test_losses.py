@@ -1,7 +1,5 @@
 """Pure losses: values against hand computations, shape checks, the AT layer rule."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +31,10 @@ def test_attention_map_is_unit_norm_mean_of_squares():
 def test_at_loss_zero_for_same_attention_and_positive_otherwise():
     f = torch.randn(2, 8, 4, 4)
     assert attention_transfer_loss([f], [f * 3]).item() == pytest.approx(0.0, abs=1e-7)  # attention is scale-free
-    assert attention_transfer_loss([f], [torch.randn(2, 16, 4, 4)]).item() > 0
+    g = torch.randn(2, 16, 4, 4)
+    expected = (attention_map(g) - attention_map(f)).pow(2).mean()
+    assert attention_transfer_loss([f], [g]).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() > 1e-4
 
 
 @pytest.mark.parametrize("bad", [
@@ -66,4 +67,55 @@ def test_distiller_contract_teacher_stays_in_eval_and_parts_sum():
     assert all(p.grad is None for p in teacher.parameters())
     sum(parts.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
-    assert student.features[0][0].weight.grad is not None
+    assert student.features[0][0].weight.grad.abs().sum() > 0
+
+
+def _one_channel(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, 1, 2, 2)
+
+
+def test_at_forms_against_hand_worked_values():
+    """Teacher map all ones -> A_t = [.5, .5, .5, .5]; student one-hot -> A_s = [1, 0, 0, 0]; squared difference .25
+    everywhere, so that layer's term is .25; two further layers agree exactly (term 0).
+    paper: mean over the 3 layers = .25 / 3; zagoruyko: half the sum = .125."""
+    t = [_one_channel([1, 1, 1, 1]), _one_channel([1, 2, 3, 4]), _one_channel([0, 0, 5, 0])]
+    s = [_one_channel([1, 0, 0, 0]), _one_channel([1, 2, 3, 4]), _one_channel([0, 0, 2, 0])]
+    from toolkit.distill.losses import attention_transfer_terms
+
+    assert attention_transfer_terms(s, t).tolist() == pytest.approx([0.25, 0.0, 0.0], abs=1e-7)
+    assert attention_transfer_loss(s, t, "paper").item() == pytest.approx(0.25 / 3, rel=1e-6)
+    assert attention_transfer_loss(s, t, "zagoruyko").item() == pytest.approx(0.125, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown AT form"):
+        attention_transfer_loss(s, t, "other")
+
+
+def test_distiller_weights_the_at_term_by_its_form():
+    student, teacher = build_model("resnet8"), build_model("resnet8").eval()
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    values = {}
+    for form, weight in (("paper", None), ("zagoruyko", None), ("zagoruyko", 10.0)):
+        cfg = LossConfig(at_form=form, at_weight=weight)
+        with Distiller(student, teacher, cfg, use_kd=False, use_at=True, at_layers=("layer1", "layer2", "layer3")) as d:
+            _, parts = d.forward_train(x, y)
+            values[(form, weight)] = parts["at"].item()
+            assert d.weights["at"] == {None: {"paper": 0.8, "zagoruyko": 1000.0}[form], 10.0: 10.0}[weight]
+    # same features: zagoruyko(1000) / paper(0.8) = (1000 / 2 * sum) / (0.8 * mean) = 1000 * 3 / (2 * 0.8)
+    assert values[("zagoruyko", None)] / values[("paper", None)] == pytest.approx(1000 * 3 / (2 * 0.8), rel=1e-4)
+    assert values[("zagoruyko", 10.0)] * 100 == pytest.approx(values[("zagoruyko", None)], rel=1e-5)
+    assert _hook_count(student) == 0 and _hook_count(teacher) == 0
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_at_config_is_validated():
+    from toolkit import ToolkitError
+    from toolkit.config import build_config
+
+    assert build_config("smoke", overrides=["loss.at_form=zagoruyko"]).loss.at_weight_value == 1000.0
+    assert build_config("paper").loss.at_weight_value == 0.8
+    with pytest.raises(ToolkitError, match="loss.at_form"):
+        build_config("smoke", overrides=["loss.at_form=huge"])
+    with pytest.raises(ToolkitError, match="loss.at_layers"):
+        build_config("smoke", overrides=["loss.at_layers=layer1"])

@@ -66,6 +66,7 @@ def test_pretrained_resnet56_loads_and_mismatch_is_refused(tmp_path):
         load_model("resnet20", junk)
 
 
+@pytest.mark.slow
 @requires_shared_checkpoints
 @pytest.mark.integration
 def test_pretrained_accuracy_on_bit_exact_test_images(cifar10):
@@ -82,6 +83,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_models_cli_json_reproduces_method_table():
     r = _cli("models", "--json")
     assert r.returncode == 0, r.stderr
@@ -89,7 +91,11 @@ def test_models_cli_json_reproduces_method_table():
     for name, (params, cf) in METHOD_TABLE.items():
         assert rows[name]["params"] == params
         assert rows[name]["compression_factor"] == pytest.approx(cf, abs=0.005)
-        assert rows[name]["mflops"] > 0
+    assert rows["mobilenetv2_cifar"]["mflops"] == pytest.approx(176, abs=1)  # METHOD.md, as in the test above
+    assert rows["mobilenetv2_cifar_L5"]["mflops"] == pytest.approx(117, abs=1)
+    # fewer blocks, fewer operations: the truncated MobileNetV2s' MFLOPs fall strictly with depth
+    depth = [rows[f"mobilenetv2_cifar_L{k}"]["mflops"] for k in (3, 5, 7, 9, 11, 13, 15, 17)]
+    assert all(a > b for a, b in zip(depth, depth[1:]))
 
 
 @requires_shared_checkpoints
@@ -101,6 +107,7 @@ def test_evaluate_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "does not fit" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 @requires_shared_checkpoints
 @pytest.mark.integration
 def test_evaluate_cli_exact_only():

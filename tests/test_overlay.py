@@ -63,11 +63,17 @@ def test_prob_edges_and_seed_reproducibility():
     assert not bool(applied0.any()) and torch.equal(out0, x)
     out1, applied1 = apply_ig_overlay(x, maps, OverlayConfig(prob=1.0), torch.Generator().manual_seed(0))
     assert bool(applied1.all()) and not torch.equal(out1, x)
-    # blended images stay in [0, 1] and map maxima reach (1 - w) * x + w exactly
+    # blended images stay in [0, 1]; each map's maximum pixel gets (1 - w) * x + w, its minimum (1 - w) * x
     assert float(out1.min()) >= 0.0 and float(out1.max()) <= 1.0
+    w = OverlayConfig().weight
+    rows = torch.arange(64)
+    hi, lo = maps.flatten(1).argmax(1), maps.flatten(1).argmin(1)
+    flat_x, flat_out = x.flatten(2), out1.flatten(2)  # (B, 3, H*W)
+    assert torch.allclose(flat_out[rows, :, hi], (1 - w) * flat_x[rows, :, hi] + w, atol=1e-6)
+    assert torch.allclose(flat_out[rows, :, lo], (1 - w) * flat_x[rows, :, lo], atol=1e-6)
     a, fa = apply_ig_overlay(x, maps, OverlayConfig(prob=0.3), torch.Generator().manual_seed(5))
     b, fb = apply_ig_overlay(x, maps, OverlayConfig(prob=0.3), torch.Generator().manual_seed(5))
-    c, fc = apply_ig_overlay(x, maps, OverlayConfig(prob=0.3), torch.Generator().manual_seed(6))
+    _, fc = apply_ig_overlay(x, maps, OverlayConfig(prob=0.3), torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and torch.equal(fa, fb)
     assert not torch.equal(fa, fc)
 
@@ -82,6 +88,9 @@ def test_constant_map_and_low_precision_inputs():
     xb = x.to(torch.bfloat16)
     outb, _ = apply_ig_overlay(xb, maps.bfloat16(), OverlayConfig(prob=1.0), torch.Generator().manual_seed(0))
     assert outb.dtype == torch.bfloat16 and outb.shape == xb.shape
+    # the same blend as in float32 on the same (bf16-rounded) inputs, to bf16 precision
+    ref, _ = apply_ig_overlay(xb.float(), maps.bfloat16().float(), OverlayConfig(prob=1.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(outb.float(), ref, atol=1e-2)
 
 
 def test_bad_shapes_are_refused():

@@ -25,6 +25,7 @@ def smoke_run(tmp_path_factory):
     return root, r
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_run_folder_contract(smoke_run):
     root, r = smoke_run
     run = root / "smoke"
@@ -43,6 +44,7 @@ def test_smoke_run_writes_the_run_folder_contract(smoke_run):
     assert stages == {"teacher", "student", "baseline"}
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_stages_and_changed_ig_settings_are_refused(smoke_run):
     root, _ = smoke_run
     before = json.loads((root / "smoke" / "summary.json").read_text())
@@ -56,6 +58,7 @@ def test_rerun_reuses_finished_stages_and_changed_ig_settings_are_refused(smoke_
     assert "--fresh" in stale.stderr
 
 
+@pytest.mark.slow
 def test_bad_preset_and_override_are_one_line_errors(tmp_path):
     for extra in (["--preset", "nope"], ["student.epoch=3"], ["teacher.checkpoint=/nonexistent.th"]):
         cmd = [sys.executable, "-m", "toolkit", "distill", "--run", "x", "--runs-dir", str(tmp_path), *extra]

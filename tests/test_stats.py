@@ -28,8 +28,9 @@ def test_paired_test_hand_example():
     r = stats.paired_test([1, 2, 3, 4], [0, 0, 1, 1])
     sd = math.sqrt(2 / 3)
     assert r["n"] == 4 and r["mean_diff"] == pytest.approx(2.0) and r["std_diff"] == pytest.approx(sd)
-    assert r["t"] == pytest.approx(2 / (sd / 2))
-    assert r["dz"] == pytest.approx(2 / sd)
+    assert r["t"] == pytest.approx(2 / (sd / 2)) and r["t"] == pytest.approx(4.898979485566356)
+    assert r["t"] == pytest.approx(sps.ttest_rel([1, 2, 3, 4], [0, 0, 1, 1]).statistic)
+    assert r["dz"] == pytest.approx(2 / sd) and r["dz"] == pytest.approx(2.449489742783178)  # d_z = mean(d) / sd(d)
     assert r["p"] == pytest.approx(sps.ttest_rel([1, 2, 3, 4], [0, 0, 1, 1]).pvalue)
     half = 3.182446305284263 * sd / 2  # t_{0.975, 3}
     assert r["ci"] == pytest.approx([2 - half, 2 + half])
@@ -67,6 +68,12 @@ def test_holm_hand_example_and_none_passthrough():
     out = stats.holm([0.02, None, 0.04])
     assert out[1] is None and out[0] == pytest.approx(0.04) and out[2] == pytest.approx(0.04)
     assert stats.holm([]) == []
+    # five tests, hand-worked: sorted p * (5, 4, 3, 2, 1) = 0.025, 0.04, 0.06, 0.06, 0.04 -> running max
+    # 0.025, 0.04, 0.06, 0.06, 0.06, back in the given order
+    assert stats.holm([0.010, 0.020, 0.030, 0.040, 0.005]) == pytest.approx([0.04, 0.06, 0.06, 0.06, 0.025])
+    # adjusted values are capped at 1: 2 * 0.6 = 1.2 -> 1, and the larger p keeps the running max
+    assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert stats.holm([0.4, 0.6]) == pytest.approx([0.8, 0.8])
 
 
 def test_normality_matches_libraries():
@@ -94,8 +101,13 @@ def test_confusion_balanced_accuracy_and_kappa_hand_example():
     # p_o = 4/6, p_e = (2*2 + 2*3 + 2*1) / 36 = 1/3 -> kappa = (2/3 - 1/3) / (2/3) = 0.5
     assert stats.cohens_kappa(y, p, 3) == pytest.approx(0.5)
     assert stats.cohens_kappa(y, p, 3) == pytest.approx(sm_kappa(cm).kappa)
-    # a class absent from the labels (here 3) still counts in the table: predicting it is a disagreement
-    assert stats.cohens_kappa(y, [0, 3, 1, 1, 2, 0], 4) == pytest.approx(sm_kappa(stats.confusion_matrix(y, [0, 3, 1, 1, 2, 0], 4)).kappa)
+    # a class absent from the labels (here 3) still counts in the table: predicting it is a disagreement.
+    # p_o = 4/6; label counts (2, 2, 2, 0), prediction counts (2, 2, 1, 1): p_e = (4 + 4 + 2 + 0) / 36 = 10/36
+    # -> kappa = (24/36 - 10/36) / (26/36) = 7/13
+    assert stats.cohens_kappa(y, [0, 3, 1, 1, 2, 0], 4) == pytest.approx(7 / 13)
+    table = np.zeros((4, 4))
+    np.add.at(table, (y, [0, 3, 1, 1, 2, 0]), 1)  # the table built here, not by the function under test
+    assert stats.cohens_kappa(y, [0, 3, 1, 1, 2, 0], 4) == pytest.approx(sm_kappa(table).kappa)
     with pytest.raises(ToolkitError):
         stats.confusion_matrix([0, 5], [0, 1], 3)
     with pytest.raises(ToolkitError):

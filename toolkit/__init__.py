@@ -1,7 +1,7 @@
 """Edge-deployment model-compression toolkit: distillation core (training side)."""
 
+from edgecommon import ToolkitError
+
 __version__ = "0.1.0"
 
-
-class ToolkitError(Exception):
-    """An error caused by bad input or state; the CLI prints it as one line and exits non-zero."""
+__all__ = ["ToolkitError", "__version__"]

@@ -17,17 +17,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     from toolkit.models.registry import list_models
 
     rows = [profile_model(name).to_dict() for name in list_models()]
+    from toolkit.models.registry import get_spec
+
+    for r in rows:
+        r["at_layers"] = list(get_spec(r["name"]).at_layers)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<22} {'family':<18} {'params':>10} {'CF':>9} {'MFLOPs':>8} {'fp32 MB':>8}"
+    header = f"{'name':<22} {'family':<18} {'params':>10} {'CF':>9} {'MFLOPs':>8} {'fp32 MB':>8}  AT layers"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['name']:<22} {r['family']:<18} {r['params']:>10,} {r['compression_factor']:>8.2f}x "
-              f"{r['mflops']:>8.1f} {r['fp32_mb']:>8.2f}")
+              f"{r['mflops']:>8.1f} {r['fp32_mb']:>8.2f}  {','.join(r['at_layers'])}")
     print("\nCF = parameters of the family's teacher (mobilenetv2_cifar, resnet56) / parameters of the model; "
-          "MFLOPs per 32x32 image forward (torch.utils.flop_counter, multiply-add = 2).")
+          "MFLOPs per 32x32 image forward (torch.utils.flop_counter, multiply-add = 2). AT layers: tapped for attention "
+          "transfer (docs/method-choices.md; loss.at_layers overrides).")
     return 0
 
 

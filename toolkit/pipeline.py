@@ -6,8 +6,6 @@ interrupted one from its last epoch checkpoint, and refuses a run folder made wi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -16,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgecommon.hashing import fingerprint, sha256_file, state_digest, tensor_digest
 from toolkit import ToolkitError, __version__
 from toolkit.config import CONFIGURATIONS, RunConfig, canonical_configuration, save_config
 from toolkit.data.cifar10 import REPO_ROOT, ImageSet, load_cifar10
@@ -45,22 +44,6 @@ class PreparedData:
     description: str
     classes: tuple[str, ...]
     num_classes: int
-
-
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def state_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(getattr(model, "module", model).state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
@@ -116,7 +99,7 @@ def prepare_teacher(cfg: RunConfig, run: RunFolder, data: PreparedData, device: 
     if t.mode in ("load", "finetune"):
         src = _resolve_path(t.checkpoint)
         load_weights(model, t.model, src)
-        source_sha = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        source_sha = sha256_file(src, length=16)
     if t.mode == "load":
         return model.eval().to(device)
     stage_cfg = {"teacher": t.__dict__, "source_sha": source_sha, "split": _split_digest(data), "seed": cfg.seed,

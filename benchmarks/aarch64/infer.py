@@ -1,7 +1,9 @@
 """Guest side of the aarch64 check: run under ``qemu-aarch64 -L sysroot sysroot/usr/bin/python3.11 infer.py ...``.
 
-Needs only numpy and onnxruntime (and the standard library). Uses the device runtime ``deploy.runtime.Classifier``
-when it is importable and accepts the manifest, else a plain ONNX Runtime session. Reads uint8 images
+Needs only numpy and onnxruntime (and the standard library), plus the repository's torch-free ``edgecommon`` and
+``deploy`` packages, which the host puts on the guest's PYTHONPATH. Times with the project's one timer
+(``edgecommon.timing``). Uses the device runtime ``deploy.runtime.Classifier`` when it is importable and accepts the
+manifest, else a plain ONNX Runtime session. Reads uint8 images
 (N, 3, 32, 32) from a .npy written by the x86 side, writes ``logits_<role>.npy`` per model and ``guest.json``
 (platform, versions, runtime used, emulated latency). Latency here is under qemu user-mode emulation on another
 CPU: it is labelled "emulated" and is never a device latency.
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from edgecommon.timing import TimingPlan, percentile, time_callable
 
 
 def _plain_predictor(path: Path, input_name: str, output_name: str):
@@ -39,7 +43,7 @@ def make_predictor(export_dir: Path, role: str, entry: dict) -> tuple[object, st
         return clf.logits, "deploy.runtime.Classifier"
     except ImportError:
         pass
-    except Exception as exc:  # noqa: BLE001 - a manifest the runtime refuses (e.g. a reference export): fall back
+    except Exception as exc:  # noqa: BLE001 - a manifest the runtime refuses (e.g. a newer schema): fall back
         print(f"note: deploy.runtime refused {role} ({str(exc).splitlines()[0][:120]}); using plain onnxruntime",
               file=sys.stderr)
     inp = entry.get("input", {}).get("name", "input")
@@ -74,17 +78,11 @@ def main() -> int:
         total_s = time.perf_counter() - t0
         np.save(args.out / f"logits_{role}.npy", np.concatenate(chunks))
         one = np.ascontiguousarray(images[:1].astype(np.float32) * np.float32(1 / 255))
-        predict(one)
-        times = []
-        for _ in range(args.latency_runs):
-            t = time.perf_counter()
-            predict(one)
-            times.append((time.perf_counter() - t) * 1000)
+        times = time_callable(lambda: predict(one), TimingPlan(warmup=1, runs=args.latency_runs, duration_s=0))
+        p50 = percentile(times, 50)
         report["models"][role] = {"runtime": runtime, "n_images": int(min(int(n), len(images))), "emulated_eval_s": total_s,
-                                  "emulated_batch1_p50_ms": float(np.percentile(times, 50)),
-                                  "emulated_batch1_runs": len(times)}
-        print(f"{role}: {runtime}, emulated batch-1 p50 {np.percentile(times, 50):.2f} ms (qemu, not device latency)",
-              flush=True)
+                                  "emulated_batch1_p50_ms": p50, "emulated_batch1_runs": len(times)}
+        print(f"{role}: {runtime}, emulated batch-1 p50 {p50:.2f} ms (qemu, not device latency)", flush=True)
     tmp = args.out / "guest.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, args.out / "guest.json")

@@ -11,7 +11,6 @@ Every file is written atomically. A chunk is trusted only when its stored index 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from edgecommon.hashing import fingerprint, sha256_hex, tensor_digest
 from toolkit import ToolkitError
 from toolkit.attribution.ig import compute_ig_maps
 from toolkit.config import IGConfig
@@ -34,25 +34,20 @@ FINGERPRINT_SETTINGS = ("steps", "method", "baseline", "target", "chunk_size", "
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _tensor_sha256(t: torch.Tensor) -> str:
-    a = t.detach().cpu().contiguous()
-    if a.dtype == torch.bfloat16:
-        a = a.view(torch.int16)
-    return hashlib.sha256(a.numpy().tobytes()).hexdigest()
-
-
 def teacher_weights_sha256(teacher: nn.Module) -> str:
     """sha256 over the teacher's state_dict and non-persistent buffers (e.g. its normalisation): names, dtypes,
     shapes and bytes, in name order."""
     tensors = dict(teacher.state_dict())
     for name, buf in teacher.named_buffers():
         tensors.setdefault(name, buf)
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_sha256(t).encode())
-    return h.hexdigest()
+
+    def chunks():
+        for name in sorted(tensors):
+            t = tensors[name]
+            yield f"{name}|{t.dtype}|{tuple(t.shape)}|"
+            yield tensor_digest(t, length=None)
+
+    return sha256_hex(chunks())
 
 
 def fingerprint_parts(teacher: nn.Module, teacher_name: str, sample_index: torch.Tensor, data_description: str,
@@ -62,7 +57,7 @@ def fingerprint_parts(teacher: nn.Module, teacher_name: str, sample_index: torch
     return {
         "teacher_weights": teacher_weights_sha256(teacher),
         "teacher_name": teacher_name,
-        "sample_index": {"sha256": _tensor_sha256(index), "rows": int(index.numel())},
+        "sample_index": {"sha256": tensor_digest(index, length=None), "rows": int(index.numel())},
         "data_description": data_description,
         "ig_settings": {k: getattr(cfg, k) for k in FINGERPRINT_SETTINGS},
         "precision": precision,
@@ -70,7 +65,7 @@ def fingerprint_parts(teacher: nn.Module, teacher_name: str, sample_index: torch
 
 
 def _digest(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return fingerprint(parts, length=None)
 
 
 def ig_fingerprint(teacher: nn.Module, teacher_name: str, sample_index: torch.Tensor, data_description: str,

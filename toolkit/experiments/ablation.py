@@ -63,7 +63,39 @@ def analyze(records: list[dict], settings: StudySettings) -> dict:
     for row, p in zip(pairs, stats.holm([r["p"] for r in pairs])):
         row["p_holm"] = p
     return {"metric": "test_acc (%)", "configs": configs, "per_seed": values, "summary": summary,
-            "vs_student": vs_student, "pairs": pairs}
+            "vs_student": vs_student, "pairs": pairs, "loss_terms": loss_terms(records, configs)}
+
+
+def loss_terms(records: list[dict], configs: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per configuration, each loss term's last-epoch mean over the runs (weighted as summed into the total, and
+    unweighted), so a reader sees whether a term can matter: {config: {term: {"weighted", "unweighted"}}}."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for c in configs:
+        lasts = [r["history"][-1] for r in records if r["spec"]["configuration"] == c and r.get("history")]
+        terms: dict[str, dict[str, float]] = {}
+        for key in dict.fromkeys(k for h in lasts for k in h.get("losses", {})):
+            w = [h["losses"][key] for h in lasts if key in h.get("losses", {})]
+            u = [h.get("losses_unweighted", {}).get(key) for h in lasts]
+            u = [v for v in u if v is not None]
+            terms[key] = {"weighted": sum(w) / len(w), "unweighted": sum(u) / len(u) if u else None}
+        out[c] = terms
+    return out
+
+
+def loss_terms_table(terms: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Markdown lines: last-epoch mean of each loss term per configuration, and its share of the total."""
+    names = list(dict.fromkeys(k for t in terms.values() for k in t))
+    if not names:
+        return []
+    rows = []
+    for c, t in terms.items():
+        total = sum(v["weighted"] for v in t.values()) or float("nan")
+        rows.append([c] + [f"{t[k]['weighted']:.4g} ({100 * t[k]['weighted'] / total:.1f}%)" if k in t else "-"
+                           for k in names])
+    return ["", "## Loss terms (last-epoch mean over runs; weighted as summed into the total, share of the total)", "",
+            table(["configuration"] + names, rows),
+            "", "A term with a share near 0% cannot change the result whatever its sign: check this before reading "
+            "an ablation row as 'the term does nothing'."]
 
 
 def _diff_row(r: dict) -> list[str]:
@@ -88,6 +120,7 @@ def report_body(result: dict, folder: Path) -> str:
                   table(heads, [_diff_row(r) for r in result["pairs"]]),
                   "", f"Holm correction over all {len(result['pairs'])} pairs (a separate family from the tests "
                   "against Student). d_z = mean of the paired differences / their standard deviation."]
+    parts += loss_terms_table(result.get("loss_terms") or {})
     seeds = sorted({s for c in configs for s in result["per_seed"][c]})
     parts += ["", "## Per-seed test accuracy (%)", "",
               table(["seed"] + configs, [[s] + [fmt(result["per_seed"][c].get(s)) for c in configs] for s in seeds])]

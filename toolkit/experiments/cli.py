@@ -102,6 +102,16 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _at_text(loss: dict) -> str:
+    """How the AT term was formed, in words, for the report header."""
+    form = loss.get("at_form", "paper")
+    weight = loss.get("at_weight")
+    if form == "zagoruyko":
+        beta = 1000.0 if weight is None else weight
+        return f"form zagoruyko (beta/2 x sum over tapped layers, beta={beta:g})"
+    return f"form paper (g x mean over tapped layers, g={0.8 if weight is None else weight:g})"
+
+
 def write_report(folder: Path) -> Path:
     """Rebuild report.md, results.json and the plots of a training-study folder from study.json + results.jsonl."""
     study = read_study(folder)
@@ -131,7 +141,8 @@ def write_report(folder: Path) -> Path:
         extra.append(f"- **Students**: {students}; {st.get('epochs')} epochs, batch {st.get('batch_size')}, "
                      f"{st.get('optimizer')} lr {st.get('lr')} ({st.get('schedule')}), weight decay "
                      f"{st.get('weight_decay')}; loss T={setup['loss']['temperature']}, alpha={setup['loss']['alpha']}, "
-                     f"AT weight={setup['loss']['at_weight']}; overlay p={setup['overlay']['prob']}; IG "
+                     f"AT {_at_text(setup['loss'])} on {', '.join(setup.get('at_layers') or ['?'])}; "
+                     f"overlay p={setup['overlay']['prob']}; IG "
                      f"{setup['ig']['steps']} steps; teacher outputs {setup['teacher_outputs']}; precision "
                      f"{setup['precision']} on {setup['device']}")
     extra.append("- **Selection**: none; every run reports its last-epoch test accuracy (no choice made on test data).")

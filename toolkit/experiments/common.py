@@ -26,7 +26,7 @@ from toolkit.experiments.report import hardware, hardware_line
 from toolkit.experiments.runner import STUDY_FILE, folder_lock, read_study
 from toolkit.experiments.scales import StudySettings
 from toolkit.io import atomic_write_json
-from deploy.manifest import sha256_file
+from edgecommon.hashing import sha256_file
 
 SHARED_DIR = "shared"
 
@@ -98,12 +98,14 @@ def prepare_shared(settings: StudySettings, folder: Path, device: torch.device, 
 def setup_of(prepared: Prepared) -> dict:
     """What the report states about the data and training setup."""
     from toolkit.device import resolve_precision
+    from toolkit.models.registry import get_spec
 
     cfg, data = prepared.cfg, prepared.data
     return {"data": data.description, "train_images": len(data.train), "val_images": len(data.val),
             "test_images": len(data.test), "teacher": prepared.teacher_info,
             "student": dict(cfg.student.__dict__), "loss": dict(cfg.loss.__dict__), "overlay": dict(cfg.overlay.__dict__),
             "ig": dict(cfg.ig.__dict__), "teacher_outputs": cfg.teacher_outputs,
+            "at_layers": list(cfg.loss.at_layers or get_spec(cfg.student.model).at_layers),
             "precision": resolve_precision(cfg.precision, prepared.device),
             "device": str(prepared.device)}
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgecommon.hashing import sha256_file
 from toolkit import ToolkitError
 from toolkit.experiments import stats
-from toolkit.experiments.common import sha256_file
 from toolkit.experiments.report import fmt, fmt_p, mean_std, pyplot, save_figure, table
 from toolkit.experiments.runner import RESULTS_FILE, RUNS_DIR, load_results, read_study
 

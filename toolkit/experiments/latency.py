@@ -1,27 +1,26 @@
 """Cheap single-image latency of an architecture for the sweep: ONNX Runtime fp32, batch 1, 1 thread.
 
 The model is exported with ``torch.onnx.export`` (TorchScript exporter) to a temporary file; if export or ONNX
-Runtime fails, PyTorch eager fp32 with 1 thread is timed instead and the method says so. Timing: warm-up runs, then
-``repeats`` timed single calls; median and 90th percentile in milliseconds. Weights do not change the cost, so the
-randomly initialised architecture is timed.
+Runtime fails, PyTorch eager fp32 with 1 thread is timed instead and the method says so. Timing: the project's one
+timer (``edgecommon.timing``), warm-up runs, then ``repeats`` timed single calls; median and 90th percentile in
+milliseconds. Weights do not change the cost, so the randomly initialised architecture is timed.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from edgecommon.timing import TimingPlan, measure, ort_callable
 from toolkit.models import build_model
 
 
-def _percentiles(times: list[float]) -> dict:
-    t = np.asarray(times) * 1e3
-    return {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "repeats": len(t)}
+def _figures(fn, warmup: int, repeats: int) -> dict:
+    stats = measure(fn, TimingPlan(warmup=warmup, runs=repeats, duration_s=0))
+    return {"median_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "repeats": stats.runs}
 
 
 def _onnxruntime_latency(model: torch.nn.Module, warmup: int, repeats: int) -> dict:
@@ -37,16 +36,8 @@ def _onnxruntime_latency(model: torch.nn.Module, warmup: int, repeats: int) -> d
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
     return {"method": f"ONNX Runtime {ort.__version__} fp32, CPUExecutionProvider, batch 1, 1 thread",
-            **_percentiles(times)}
+            **_figures(ort_callable(session, x.numpy()), warmup, repeats)}
 
 
 def _eager_latency(model: torch.nn.Module, warmup: int, repeats: int) -> dict:
@@ -55,16 +46,10 @@ def _eager_latency(model: torch.nn.Module, warmup: int, repeats: int) -> dict:
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - start)
+            figures = _figures(lambda: model(x), warmup, repeats)
     finally:
         torch.set_num_threads(threads)
-    return {"method": f"PyTorch {torch.__version__} eager fp32, batch 1, 1 thread", **_percentiles(times)}
+    return {"method": f"PyTorch {torch.__version__} eager fp32, batch 1, 1 thread", **figures}
 
 
 def measure_latency(model_name: str, warmup: int = 20, repeats: int = 100, prefer: str = "onnxruntime") -> dict:

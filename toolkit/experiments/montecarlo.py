@@ -59,8 +59,10 @@ def analyze(records: list[dict], settings: StudySettings) -> dict:
     for key in ("welch_p", "student_p"):
         for row, p in zip(pairs, stats.holm([r[key] for r in pairs])):
             row[key + "_holm"] = p
+    from toolkit.experiments.ablation import loss_terms
+
     return {"metric": "test_acc (%)", "configs": configs, "per_run": values, "summary": summary, "pairs": pairs,
-            "train_images": train_images, "fraction": settings.fraction}
+            "train_images": train_images, "fraction": settings.fraction, "loss_terms": loss_terms(records, configs)}
 
 
 def report_body(result: dict, folder: Path) -> str:
@@ -88,6 +90,9 @@ def report_body(result: dict, folder: Path) -> str:
                   "", f"Holm correction over the {len(result['pairs'])} pairs, for each test separately. The paper used "
                   "the equal-variance two-sample test; Welch's does not assume equal variances. Run r of every "
                   "configuration shares subset and seed r, so the paired test is valid too."]
+    from toolkit.experiments.ablation import loss_terms_table
+
+    parts += loss_terms_table(result.get("loss_terms") or {})
     parts += ["", "![histograms](montecarlo_histograms.png)"]
     _plots(result, folder)
     return "\n".join(parts) + "\n"
