@@ -187,10 +187,13 @@ def load_or_compute_ig_maps(
         raise ToolkitError(f"ig.chunk_size must be >= 1, got {cfg.chunk_size}")
     dtype = STORE_DTYPES[cfg.store_dtype]
     parts = fingerprint_parts(teacher, teacher_name, index, data_description, cfg, precision)
-    _check_or_create_meta(cache_dir, parts)
-    if _rank() == 0 and not (cache_dir / INDEX_NAME).is_file():
-        _save_pt(cache_dir / INDEX_NAME, {"index": index.clone()})
+    if _rank() == 0:  # rank 0 checks or creates the cache first: other ranks never see it half-made
+        _check_or_create_meta(cache_dir, parts)
+        if not (cache_dir / INDEX_NAME).is_file():
+            _save_pt(cache_dir / INDEX_NAME, {"index": index.clone()})
     _barrier()
+    if _rank() != 0:
+        _check_or_create_meta(cache_dir, parts)  # the meta rank 0 wrote: same fingerprint or refused
 
     bounds = [(s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
     chunks: list[torch.Tensor | None] = [_read_chunk(chunk_path(cache_dir, k), index[s:e], dtype) for k, (s, e) in enumerate(bounds)]
