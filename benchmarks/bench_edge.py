@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.edge_export import ExportInfo, load_export
-from edgecommon.timing import TimingPlan, fixed_input, ort_callable, summarize, time_interleaved
 from benchmarks.edge_latency import OrtSettings, ort_session, torch_callable, torch_threads
+from edgecommon.timing import TimingPlan, fixed_input, ort_callable, summarize, time_interleaved
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
 from toolkit.runs import open_run

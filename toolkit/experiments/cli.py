@@ -112,6 +112,17 @@ def _at_text(loss: dict) -> str:
     return f"form paper (g x mean over tapped layers, g={0.8 if weight is None else weight:g})"
 
 
+def _at_layers(setup: dict) -> list[str]:
+    """The layers AT tapped: as recorded, else the config's loss.at_layers, else the student family's rule."""
+    from toolkit.models.registry import get_spec
+
+    recorded = setup.get("at_layers") or (setup.get("loss") or {}).get("at_layers")
+    if recorded:
+        return list(recorded)
+    model = (setup.get("student") or {}).get("model")
+    return list(get_spec(model).at_layers) if model else ["?"]
+
+
 def write_report(folder: Path) -> Path:
     """Rebuild report.md, results.json and the plots of a training-study folder from study.json + results.jsonl."""
     study = read_study(folder)
@@ -141,7 +152,7 @@ def write_report(folder: Path) -> Path:
         extra.append(f"- **Students**: {students}; {st.get('epochs')} epochs, batch {st.get('batch_size')}, "
                      f"{st.get('optimizer')} lr {st.get('lr')} ({st.get('schedule')}), weight decay "
                      f"{st.get('weight_decay')}; loss T={setup['loss']['temperature']}, alpha={setup['loss']['alpha']}, "
-                     f"AT {_at_text(setup['loss'])} on {', '.join(setup.get('at_layers') or ['?'])}; "
+                     f"AT {_at_text(setup['loss'])} on {', '.join(_at_layers(setup))}; "
                      f"overlay p={setup['overlay']['prob']}; IG "
                      f"{setup['ig']['steps']} steps; teacher outputs {setup['teacher_outputs']}; precision "
                      f"{setup['precision']} on {setup['device']}")

@@ -31,7 +31,7 @@ def hardware() -> dict:
 
 
 def hardware_line(hw: dict) -> str:
-    text = f"{hw.get('cpu')}, {hw.get('cores')} logical cores, torch {hw.get('torch')} with {hw.get('torch_threads')} threads"
+    text = f"{hw.get('cpu')}, {hw.get('cores')} logical cores, torch {hw.get('torch')} with {hw.get('torch_threads')} thread{'' if hw.get('torch_threads') == 1 else 's'}"
     if hw.get("gpu"):
         text += f"; GPU {hw['gpu']}"
     return text
