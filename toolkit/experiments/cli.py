@@ -104,12 +104,13 @@ def _log(message: str) -> None:
 
 def _at_text(loss: dict) -> str:
     """How the AT term was formed, in words, for the report header."""
+    from toolkit.distill.losses import DEFAULT_AT_WEIGHT
+
     form = loss.get("at_form", "paper")
-    weight = loss.get("at_weight")
+    weight = DEFAULT_AT_WEIGHT[form] if loss.get("at_weight") is None else loss["at_weight"]
     if form == "zagoruyko":
-        beta = 1000.0 if weight is None else weight
-        return f"form zagoruyko (beta/2 x sum over tapped layers, beta={beta:g})"
-    return f"form paper (g x mean over tapped layers, g={0.8 if weight is None else weight:g})"
+        return f"form zagoruyko (beta/2 x sum over tapped layers, beta={weight:g})"
+    return f"form paper (g x mean over tapped layers, g={weight:g})"
 
 
 def _at_layers(setup: dict) -> list[str]:

@@ -140,7 +140,7 @@ def run_settings(settings: StudySettings) -> dict:
 
 
 def settings_fingerprint(flat: dict) -> str:
-    from toolkit.pipeline import fingerprint
+    from edgecommon.hashing import fingerprint
 
     return fingerprint(flat)
 

@@ -165,25 +165,36 @@ class Runner:
     def run_dir(self, spec: RunSpec) -> Path:
         return self.folder / RUNS_DIR / spec.key
 
+    def _split(self, specs: list[RunSpec], shard: tuple[int, int] | None) -> tuple[list[RunSpec], dict[str, str | None]]:
+        """(specs of ``shard`` not recorded with these settings, stale keys -> the fingerprint they were recorded with),
+        from one read of results.jsonl."""
+        records = [r for r in read_jsonl(self.results_path) if isinstance(r, dict) and "key" in r]
+        current = {r["key"] for r in records if r.get("settings_fingerprint") == self.fingerprint}
+        first_other: dict[str, str | None] = {}
+        for r in records:
+            if r["key"] not in current:
+                first_other.setdefault(r["key"], r.get("settings_fingerprint"))
+        mine = select_shard(specs, shard)
+        stale = {s.key: first_other[s.key] for s in mine if s.key in first_other}
+        return [s for s in mine if s.key not in current], stale
+
     def stale(self, specs: list[RunSpec], shard: tuple[int, int] | None = None) -> dict[str, str | None]:
         """Keys of ``shard`` recorded only with other settings -> the fingerprint they were recorded with."""
-        current = load_results(self.folder, self.fingerprint)
-        every = load_results(self.folder, None)
-        return {s.key: every[s.key].get("settings_fingerprint") for s in select_shard(specs, shard)
-                if s.key in every and s.key not in current}
+        return self._split(specs, shard)[1]
 
     def pending(self, specs: list[RunSpec], shard: tuple[int, int] | None = None) -> list[RunSpec]:
-        stale = self.stale(specs, shard)
+        return self._checked(specs, shard)[0]
+
+    def _checked(self, specs: list[RunSpec], shard: tuple[int, int] | None) -> tuple[list[RunSpec], dict[str, str | None]]:
+        todo, stale = self._split(specs, shard)
         if stale and not self.rerun_stale:
             old = None
-            study_file = self.folder / STUDY_FILE
-            if study_file.is_file():
+            if (self.folder / STUDY_FILE).is_file():
                 old = read_study(self.folder).get("run_settings")
             raise ToolkitError(f"{self.folder}: {len(stale)} recorded run(s) were made with other settings "
                                f"({describe_change(old, self.settings)}); pass --rerun-stale to retrain them "
                                "(old records kept, their folders moved to stale/), or choose another --out")
-        done = load_results(self.folder, self.fingerprint)
-        return [s for s in select_shard(specs, shard) if s.key not in done]
+        return todo, stale
 
     def _move_stale_folder(self, key: str, old_fingerprint: str | None) -> None:
         src = self.folder / RUNS_DIR / key
@@ -203,8 +214,7 @@ class Runner:
         results; the runner adds key, spec (the spec's params), settings_fingerprint, host, shard, finished time, and
         appends the line.
         """
-        stale = self.stale(specs, shard)
-        todo = self.pending(specs, shard)
+        todo, stale = self._checked(specs, shard)
         mine = select_shard(specs, shard)
         if log:
             log(f"{len(mine) - len(todo)} of {len(mine)} runs{' of shard ' + '/'.join(map(str, shard)) if shard else ''} "
@@ -263,13 +273,12 @@ def merge_folders(folders: list[Path], out: Path) -> dict:
     merged: dict[str, dict] = {}
     teachers: dict[str, Path] = {}
     for f in folders:
-        every = load_results(f, None)
-        foreign = [k for k, r in every.items() if r.get("settings_fingerprint") != fingerprint
-                   and k not in load_results(f, fingerprint)]
+        current = load_results(f, fingerprint)
+        foreign = [k for k in load_results(f, None) if k not in current]
         if foreign:
             raise ToolkitError(f"cannot merge: {f} holds {len(foreign)} run(s) recorded with other settings than its "
                                f"study.json ({foreign[0]}, ...): rerun them there with --rerun-stale first")
-        for key, rec in load_results(f, fingerprint).items():
+        for key, rec in current.items():
             sha = rec.get("teacher_sha256")
             if sha:
                 teachers.setdefault(sha, f)
