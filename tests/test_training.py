@@ -285,9 +285,22 @@ def test_a_pickled_payload_in_a_run_folder_is_refused_not_run(tmp_path):
     with pytest.raises(ToolkitError, match="not a plain-data training checkpoint"):
         train_model(job)
     assert not marker.exists()
+    # a truncated or garbage checkpoint gets the same one-line refusal, not a traceback
+    (tmp_path / "student.ckpt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(ToolkitError, match="not a plain-data training checkpoint"):
+        train_model(_job(tmp_path, data, build_model("resnet8")))
     # a genuine checkpoint of the same job still resumes
     (tmp_path / "student.ckpt").unlink()
     train_model(_job(tmp_path, data, build_model("resnet8")), max_epochs_this_call=1)
     assert (tmp_path / "student.ckpt").is_file()
     resumed = train_model(_job(tmp_path, data, build_model("resnet8")))
     assert resumed["finished"] and len(resumed["history"]) == 2
+
+
+def test_attention_transfer_on_a_layer_the_model_lacks_is_one_clear_error(tmp_path):
+    from toolkit.models import build_model
+
+    cfg = _cfg("student.epochs=1", "configuration=KD_AT", "loss.at_layers=[layer9]")
+    with pytest.raises(ToolkitError, match=r"loss.at_layers: student resnet8 has no module named 'layer9' \(its top-level"):
+        train_student(cfg, prepare_data(cfg), build_model("resnet8").eval(), None, tmp_path, configuration="KD_AT")
+    assert not (tmp_path / "student.ckpt").exists()

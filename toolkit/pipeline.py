@@ -183,6 +183,14 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
     if use_kd and cfg.teacher_outputs == "cached":
         teacher_logits = cached_teacher_logits(teacher, data, device, precision)
     at_layers = tuple(cfg.loss.at_layers) if cfg.loss.at_layers else get_spec(name).at_layers
+    if use_at:
+        for who, net in (("student " + name, student), ("teacher " + cfg.teacher.model, teacher)):
+            known = dict(net.named_modules())
+            missing = [n for n in at_layers if n not in known]
+            if missing:
+                top = ", ".join(n for n, _ in net.named_children())
+                raise ToolkitError(f"loss.at_layers: {who} has no module named '{missing[0]}' (its top-level modules: "
+                                   f"{top}; dotted names reach deeper, e.g. layer3.0)")
     if use_at and not cfg.loss.at_layers and get_spec(name).family != get_spec(cfg.teacher.model).family:
         raise ToolkitError(f"attention transfer pairs layers by name: {name} and {cfg.teacher.model} are of different "
                            "families (name the layers with loss.at_layers=[...])")
