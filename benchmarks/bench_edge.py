@@ -123,12 +123,20 @@ def _model_table(export: ExportInfo, summary: dict, teacher_ckpt: Path, teacher_
     return table
 
 
+def input_shape(export: ExportInfo) -> tuple[int, int, int]:
+    """(3, H, W) of the exported models, from the manifest's preprocessing (32x32 when absent)."""
+    entry = export.manifest.models["student.fp32"] if export.manifest is not None else None
+    size = entry.preprocessing.image_size if entry is not None else (32, 32)
+    return (3, int(size[0]), int(size[1]))
+
+
 def measure_latency(cfg: BenchConfig, export: ExportInfo, teacher) -> list[dict]:
     rows = []
+    shape = input_shape(export)
     for threads in cfg.threads:
         sessions = {role: ort_session(str(export.models[role].path), threads, cfg.ort) for role in ORT_ROLES}
         for batch in cfg.batches:
-            x = fixed_input(batch, cfg.seed)
+            x = fixed_input(batch, cfg.seed, shape)
             fns = {EAGER_KEY: torch_callable(teacher, x), **{r: ort_callable(sessions[r], x) for r in ORT_ROLES}}
             with torch_threads(threads):
                 times = time_interleaved(fns, cfg.timing, cfg.rounds)
@@ -169,10 +177,10 @@ def measure_accuracy(cfg: BenchConfig, export: ExportInfo, teacher) -> tuple[dic
     """Accuracy figures, plus logits per model, the uint8 images and labels they were computed on."""
     import torch
 
-    from toolkit.data import load_cifar10
+    from deploy.export import load_run_data, read_run_config
     from toolkit.evaluate import predict_logits
 
-    data = load_cifar10(cfg.data_dir)
+    data = load_run_data(read_run_config(open_run(cfg.run)), cfg.data_dir)
     test = data.test
     n = len(test) if cfg.test_subset is None else min(cfg.test_subset, len(test))
     images, labels = test.images[:n], test.labels[:n].numpy()
@@ -255,7 +263,9 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
     if not teacher_name:
         raise ToolkitError(f"{run.summary} has no teacher.name")
     teacher_ckpt = run.root / summary.get("teacher", {}).get("checkpoint", "teacher.pt")
-    teacher = load_model(teacher_name, teacher_ckpt if teacher_ckpt.is_file() else run.checkpoint("teacher"))
+    classes = summary.get("classes") or (export.manifest.classes if export.manifest is not None else None)
+    teacher = load_model(teacher_name, teacher_ckpt if teacher_ckpt.is_file() else run.checkpoint("teacher"),
+                         num_classes=len(classes) if classes else 10)
     print(f"bench-edge {run.root}: teacher {teacher_name}, student {summary.get('student', {}).get('name')}, "
           f"batches {list(cfg.batches)}, threads {list(cfg.threads)}", flush=True)
     latency = measure_latency(cfg, export, teacher)
@@ -270,7 +280,7 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
         "machine": {**machine_info(cfg.threads), "load_average_1min": {"start": load_start, "end": _loadavg()}},
         "settings": {"batches": list(cfg.batches), "threads": list(cfg.threads), "timing": asdict(cfg.timing),
                      "interleaved_rounds": cfg.rounds,
-                     "seed": cfg.seed, "input": "numpy default_rng(seed).random((batch, 3, 32, 32)) float32 in [0, 1)",
+                     "seed": cfg.seed, "input": f"numpy default_rng(seed).random((batch, {', '.join(map(str, input_shape(export)))})) float32 in [0, 1)",
                      "ort_settings": cfg.ort.to_dict(), "inter_op_threads_torch": "default",
                      "test_subset": cfg.test_subset, "quick": cfg.quick, "speedup_basis": "p50"},
         "export": {"folder": str(export.folder), "schema": export.schema, "max_int8_drop": export.max_int8_drop},

@@ -33,6 +33,7 @@ from deploy.steps import (
     CALIBRATIONS, EXPORTERS, ExportOnnxConfig, QuantizeConfig, StepRecord, accuracy_gate, check_io, export_onnx,
     model_opset, onnx_logits, quantize_onnx, simplify_onnx, tensor_shape, top1,
 )
+from edgecommon.images import resize_rule
 from toolkit import ToolkitError
 from toolkit.data import Cifar10, load_cifar10
 from toolkit.io import atomic_write_json
@@ -85,7 +86,7 @@ class Hooks:
     after_quantize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
 
 
-def _read_run_config(run: RunFolder) -> dict[str, Any]:
+def read_run_config(run: RunFolder) -> dict[str, Any]:
     if not run.config.is_file():
         return {}
     import yaml
@@ -102,15 +103,16 @@ def _read_run_config(run: RunFolder) -> dict[str, Any]:
 def load_run_data(run_config: dict[str, Any], data_dir: str | None = None) -> Cifar10:
     """The run's dataset, as its config.yaml (``run_config``) describes it.
 
-    Synthetic (data.dataset == "synthetic"): rebuilt by the toolkit's own data preparation
+    Synthetic and image folders (data.dataset "synthetic" / "folder"): rebuilt by the toolkit's own data preparation
     (``toolkit.pipeline.prepare_data``) from the run's data settings, so the test set is the very one the run was
-    evaluated on (same per-class counts, same split seed) and calibration draws from the run's training rows.
+    evaluated on (same split seed, same files, same image size and resize rule) and calibration draws from the
+    run's training rows.
     CIFAR-10: the dataset found via ``data_dir``, the config's data.data_dir, then the usual places.
     """
     data = run_config.get("data") or {}
     if not isinstance(data, dict):
         raise ToolkitError(f"run config 'data' must be a mapping, got {type(data).__name__}")
-    if data.get("dataset", "cifar10") != "synthetic":
+    if data.get("dataset", "cifar10") not in ("synthetic", "folder"):
         return load_cifar10(data_dir or data.get("data_dir"))
     from dataclasses import fields
 
@@ -121,8 +123,9 @@ def load_run_data(run_config: dict[str, Any], data_dir: str | None = None) -> Ci
     unknown = sorted(set(data) - known)
     if unknown:
         raise ToolkitError(f"run config has unknown data key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    prepared = prepare_data(RunConfig(data=DataConfig(**data)))
-    return Cifar10(prepared.train, prepared.test, "synthetic", prepared.description, tuple(prepared.classes))
+    prepared = prepare_data(RunConfig(data=DataConfig(**data), progress=False))
+    source = data.get("train_dir") or data.get("dataset")
+    return Cifar10(prepared.train, prepared.test, str(source), prepared.description, tuple(prepared.classes))
 
 
 def _normalization(model: torch.nn.Module) -> Normalization:
@@ -163,7 +166,8 @@ def _entry(path: Path, role: str, precision: str, architecture: str, norm: Norma
         architecture=architecture, opset=model_opset(proto),
         input=TensorSpec(INPUT_NAME, shape, "float32", "NCHW"),
         output=TensorSpec(OUTPUT_NAME, tensor_shape(proto.graph.output[0]), "float32"),
-        preprocessing=Preprocessing(normalization=norm, image_size=[int(shape[2]), int(shape[3])]),
+        preprocessing=Preprocessing(normalization=norm, image_size=[int(shape[2]), int(shape[3])],
+                                    resize=resize_rule(int(shape[2]))),
         source_checkpoint=ckpt, accuracy=accuracy, parity=parity, quantization=quantization, exporter=exporter,
     )
 
@@ -180,7 +184,7 @@ def run_export(run_path: str | os.PathLike, cfg: ExportConfig | None = None, dat
     hooks = hooks or Hooks()
     run = open_run(run_path)
     summary = run.read_summary()
-    run_config = _read_run_config(run)
+    run_config = read_run_config(run)
     data = data if data is not None else load_run_data(run_config, cfg.data_dir)
 
     n_test = cfg.test_subset or (run_config.get("data") or {}).get("test_subset") or len(data.test)

@@ -21,6 +21,7 @@ from typing import Any
 
 from edgecommon import ToolkitError
 from edgecommon.hashing import sha256_file  # noqa: F401 - the runtime's and the exporter's sha256, re-exported here
+from edgecommon.images import COLOR_RULE, resize_rule
 
 SCHEMA = "edge-distill-export-manifest"
 SCHEMA_VERSION = 1
@@ -28,8 +29,8 @@ MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 IMAGE_SIZE = 32
-RESIZE_RULE = "shorter side to 32 px (Pillow bilinear, antialiased), then centre crop 32x32"
-COLOR_RULE = "any Pillow mode convertible to RGB (grayscale replicated to 3 channels, alpha and palette dropped)"
+RESIZE_RULE = resize_rule(IMAGE_SIZE)
+"""The default (32 px) rule; an export writes the rule for its own input size (``edgecommon.images.resize_rule``)."""
 
 
 class DeployError(ToolkitError):

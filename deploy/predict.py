@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"manifest model key (default {DEFAULT_MODEL})")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
-    p.add_argument("--strict", action="store_true", help="refuse images that are not 32x32 RGB instead of converting them")
+    p.add_argument("--strict", action="store_true", help="refuse images that are not RGB of the model's input size instead of converting them")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
     return p
 

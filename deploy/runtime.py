@@ -3,9 +3,10 @@
 Imports only numpy, onnxruntime, Pillow, the standard library and the bottom layer ``edgecommon`` (no torch, no toolkit),
 so it runs on a device with ``pip install numpy onnxruntime pillow`` and a copy of ``deploy/`` and ``edgecommon/``.
 
-Image rules (also written into every manifest's ``preprocessing``):
-- size: an image that is not 32x32 is resized, shorter side to 32 px with Pillow's (antialiased) bilinear filter,
-  then centre-cropped to 32x32; ``strict=True`` refuses it instead;
+Image rules (``edgecommon.images``, the one rule shared with training on image folders; also written into every
+manifest's ``preprocessing``):
+- size: an image that is not the model's size is resized, shorter side to that size with Pillow's (antialiased)
+  bilinear filter, then centre-cropped; ``strict=True`` refuses it instead;
 - colour: grayscale, palette and alpha images are converted to RGB with Pillow (gray replicated to 3 channels,
   alpha dropped); ``strict=True`` refuses anything that is not already RGB;
 - a file Pillow cannot decode is refused.
@@ -20,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from edgecommon import ToolkitError
 from edgecommon.hashing import sha256_file
+from edgecommon.images import IMAGE_SUFFIXES, fit_image, open_image
 from deploy.manifest import DeployError, Manifest, ModelEntry, read_manifest
 
 DEFAULT_MODEL = "student.int8"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_CONVERTIBLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
 @dataclass
@@ -62,38 +63,24 @@ def create_session(path: str | os.PathLike, threads: int | None = None) -> ort.I
 
 def load_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32), strict: bool = False) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3) of ``size`` (height, width), following the module's rules."""
-    path = Path(path)
-    if not path.is_file():
-        raise DeployError(f"image not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.copy()
-    except UnidentifiedImageError:
-        raise DeployError(f"{path} is not an image Pillow can read") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DeployError(f"cannot decode image {path}: {str(exc).splitlines()[0][:200]}") from None
+        img = open_image(path)
+    except ToolkitError as exc:
+        raise DeployError(str(exc)) from None
     return prepare_image(img, size, strict, name=str(path))
 
 
 def prepare_image(img: Image.Image, size: tuple[int, int] = (32, 32), strict: bool = False, name: str = "image") -> np.ndarray:
     """Pillow image -> uint8 RGB (H, W, 3) of ``size`` (height, width): colour conversion, resize, centre crop."""
     h, w = size
-    if img.mode != "RGB":
-        if strict:
-            raise DeployError(f"{name} has mode {img.mode}, not RGB (strict mode refuses grayscale/alpha/palette images)")
-        if img.mode not in _CONVERTIBLE_MODES:
-            raise DeployError(f"{name} has mode {img.mode}, which cannot be converted to 8-bit RGB without loss")
-        img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA") else img.convert("RGB")
-    if img.size != (w, h):
-        if strict:
-            raise DeployError(f"{name} is {img.size[0]}x{img.size[1]} px, not {w}x{h} (strict mode refuses other sizes)")
-        scale = max(w / img.size[0], h / img.size[1])
-        new = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
-        img = img.resize(new, Image.Resampling.BILINEAR)
-        left, top = (new[0] - w) // 2, (new[1] - h) // 2
-        img = img.crop((left, top, left + w, top + h))
-    return np.asarray(img, dtype=np.uint8)
+    if strict and img.mode != "RGB":
+        raise DeployError(f"{name} has mode {img.mode}, not RGB (strict mode refuses grayscale/alpha/palette images)")
+    if strict and img.size != (w, h):
+        raise DeployError(f"{name} is {img.size[0]}x{img.size[1]} px, not {w}x{h} (strict mode refuses other sizes)")
+    try:
+        return fit_image(img, (h, w), name)
+    except ToolkitError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def to_input(images_hwc: np.ndarray, scale: float = 1.0 / 255.0) -> np.ndarray:

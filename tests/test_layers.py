@@ -1,6 +1,6 @@
 """The import rules between the layers (docs/architecture.md), checked on the source files with ``ast``.
 
-- ``edgecommon/``: the standard library and numpy only;
+- ``edgecommon/``: the standard library, numpy and Pillow (``edgecommon.images``, the one image rule) only;
 - ``toolkit/``: never ``deploy`` or ``benchmarks``;
 - ``deploy/``: never ``benchmarks``; its device-side modules (copied to a device with ``edgecommon/``) and the aarch64 guest
   script only the standard library, numpy, onnxruntime, Pillow, ``edgecommon`` and other device-side modules.
@@ -58,8 +58,8 @@ def violations(path: Path, source: str | None = None) -> list[str]:
     for line, module in imported_modules(path.read_text() if source is None else source, _package(path)):
         root = module.split(".")[0]
         rule = None
-        if top == "edgecommon" and root not in STDLIB | {"numpy", "edgecommon"}:
-            rule = "edgecommon/ imports only the standard library and numpy"
+        if top == "edgecommon" and root not in STDLIB | {"numpy", "PIL", "edgecommon"}:
+            rule = "edgecommon/ imports only the standard library, numpy and Pillow"
         elif top == "toolkit" and root in ("deploy", "benchmarks"):
             rule = "toolkit/ never imports deploy or benchmarks"
         elif top == "deploy" and root == "benchmarks":
@@ -93,6 +93,7 @@ def test_the_layers_keep_their_import_rules():
     ("deploy/latency.py", "from deploy import export\n", "device-side code"),
     ("deploy/export.py", "from benchmarks.edge_export import load_export\n", "deploy/ never imports benchmarks"),
     ("edgecommon/timing.py", "import onnxruntime\n", "edgecommon/ imports only"),
+    ("edgecommon/images.py", "import torch\n", "edgecommon/ imports only"),
     ("benchmarks/aarch64/infer.py", "import torch\n", "device-side code"),
 ])
 def test_the_check_catches_each_kind_of_break(rel, source, expected):
@@ -107,7 +108,8 @@ def test_the_check_allows_what_the_rules_allow():
         "deploy/runtime.py": "from PIL import Image\nimport onnxruntime as ort\nfrom .manifest import read_manifest\n"
                              "from . import manifest\nfrom edgecommon import ToolkitError\n",
         "deploy/export.py": "import torch\nfrom toolkit.runs import open_run\nfrom deploy.steps import export_onnx\n",
-        "toolkit/x.py": "import torch\nfrom edgecommon.hashing import fingerprint\n",
+        "toolkit/x.py": "import torch\nfrom edgecommon.hashing import fingerprint\nfrom edgecommon.images import fit_image\n",
+        "edgecommon/images.py": "import numpy as np\nfrom PIL import Image\nfrom edgecommon import ToolkitError\n",
         "benchmarks/bench_edge.py": "from deploy.manifest import read_manifest\nfrom toolkit.runs import open_run\n",
     }
     for rel, source in allowed.items():

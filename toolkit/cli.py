@@ -13,26 +13,41 @@ from toolkit import ToolkitError, __version__
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from toolkit.models.derive import derivable_students
     from toolkit.models.profile import profile_model
-    from toolkit.models.registry import list_models
+    from toolkit.models.registry import get_spec, list_models
 
-    rows = [profile_model(name).to_dict() for name in list_models()]
-    from toolkit.models.registry import get_spec
-
+    size, num_classes = args.image_size, args.num_classes
+    if size < 8 or num_classes < 1:
+        raise ToolkitError(f"--image-size must be >= 8 and --num-classes >= 1, got {size} and {num_classes}")
+    teacher = args.family
+    if teacher:
+        students = derivable_students(teacher) or [n for n in list_models()
+                                                   if n != teacher and get_spec(n).family_teacher == teacher]
+        rows = [profile_model(n, num_classes, size, teacher=teacher).to_dict() for n in [teacher, *students]]
+    else:
+        rows = [profile_model(name, num_classes, size).to_dict() for name in list_models()]
     for r in rows:
         r["at_layers"] = list(get_spec(r["name"]).at_layers)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<22} {'family':<18} {'params':>10} {'CF':>9} {'MFLOPs':>8} {'fp32 MB':>8}  AT layers"
+    width = max(22, *(len(r["name"]) for r in rows))
+    fam_width = max(18, *(len(r["family"]) for r in rows))
+    header = (f"{'name':<{width}} {'family':<{fam_width}} {'params':>11} {'CF':>9} {'MFLOPs':>9} {'fp32 MB':>8}  "
+              "AT layers")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<22} {r['family']:<18} {r['params']:>10,} {r['compression_factor']:>8.2f}x "
-              f"{r['mflops']:>8.1f} {r['fp32_mb']:>8.2f}  {','.join(r['at_layers'])}")
-    print("\nCF = parameters of the family's teacher (mobilenetv2_cifar, resnet56) / parameters of the model; "
-          "MFLOPs per 32x32 image forward (torch.utils.flop_counter, multiply-add = 2). AT layers: tapped for attention "
-          "transfer (docs/method-choices.md; loss.at_layers overrides).")
+        print(f"{r['name']:<{width}} {r['family']:<{fam_width}} {r['params']:>11,} {r['compression_factor']:>8.2f}x "
+              f"{r['mflops']:>9.1f} {r['fp32_mb']:>8.2f}  {','.join(r['at_layers']) or '-'}")
+    versus = f"{teacher}" if teacher else "the family's teacher (mobilenetv2_cifar, resnet56)"
+    print(f"\nCF = parameters of {versus} / parameters of the model; MFLOPs per {size}x{size} image forward "
+          "(torch.utils.flop_counter, multiply-add = 2). AT layers: tapped for attention transfer "
+          "(docs/method-choices.md; loss.at_layers overrides; '-': none known, name them).")
+    if teacher and len(rows) == 1:
+        print(f"{teacher} has no sequence of feature blocks to truncate, so no derived students (see "
+              "toolkit/models/derive.py for the bases that have).")
     return 0
 
 
@@ -84,6 +99,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return run_experiment_command(args)
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from toolkit.data.to_folder import write_image_folder
+
+    counts = write_image_folder(args.dataset, args.out, by=args.by, data_dir=args.data_dir, strict=args.strict,
+                                limit_per_class=args.limit_per_class)
+    for split, per_folder in counts.items():
+        print(f"{args.out}/{split}: {sum(per_folder.values()):,} PNG files in {len(per_folder)} folders")
+        for folder, n in per_folder.items():
+            print(f"  {folder:<34} {n:>6,}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m toolkit", description="Edge-deployment model-compression toolkit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -91,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with params, compression factor, MFLOPs, size")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    p.add_argument("--family", default=None, metavar="TEACHER",
+                   help="list this teacher (any model name, e.g. torchvision:mobilenet_v2) and its derivable students")
+    p.add_argument("--image-size", type=int, default=32, help="side in pixels for MFLOPs (default 32)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("evaluate", help="test accuracy of a checkpoint on CIFAR-10")
@@ -115,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-examples", action="store_true", help="save a PNG grid of originals, IG maps and overlays")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.epochs=3 loss.alpha=0.1")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("data", help="dataset tools: to-folder (a built-in set as class folders of PNG files)")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("to-folder", help="write OUT/<split>/<class>/<file>.png, the layout data.dataset=folder reads")
+    q.add_argument("--dataset", required=True, choices=["imagenet-aligned", "cifar10"])
+    q.add_argument("--by", choices=["class", "synset"], default="class",
+                   help="imagenet-aligned: 8 CIFAR-10 class folders or 29 synset folders (n02123045-tabby)")
+    q.add_argument("--out", required=True, help="new or empty folder (never overwritten)")
+    q.add_argument("--data-dir", default=None, help="folder of the dataset's .npz files (default: ../shared/datasets/...)")
+    q.add_argument("--strict", action="store_true", help="imagenet-aligned: only the strict synset groups")
+    q.add_argument("--limit-per-class", type=int, default=None, help="first N images of each folder (small copies)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("experiment", help="the paper's studies: ablation, montecarlo, sweep, generalize")
     p.add_argument("study", help="ablation, montecarlo, sweep or generalize")

@@ -42,11 +42,36 @@ def canonical_configuration(name: str) -> str:
 @dataclass
 class DataConfig:
     dataset: str = "cifar10"
-    """``cifar10`` (see toolkit.data.load_cifar10 for where it is found) or ``synthetic``."""
+    """``cifar10`` (see toolkit.data.load_cifar10 for where it is found), ``folder`` (your own images in class
+    sub-folders, ``train_dir``) or ``synthetic``."""
     data_dir: str | None = None
     download: bool = False
-    val_size: int = 5000
-    """Stratified validation hold-out taken from train; used for any model selection, never the test set."""
+    train_dir: str | None = None
+    """``folder``: one sub-folder per class (torchvision ImageFolder layout)."""
+    val_dir: str | None = None
+    """``folder``: optional validation folder (same classes); without it ``val_size`` is carved from train."""
+    test_dir: str | None = None
+    """``folder``: optional test folder (same classes); without it ``test_size`` is carved from train."""
+    image_size: int | None = None
+    """Side in pixels the models see (square). null: 32 for cifar10/synthetic; required for ``folder``."""
+    val_size: int | float = 5000
+    """Stratified validation hold-out taken from train (count, or fraction in (0, 1)); used for any model selection,
+    never the test set."""
+    test_size: int | float = 0.1
+    """``folder`` without ``test_dir``: stratified test hold-out carved from train (count or fraction)."""
+    skip_bad: bool = False
+    """``folder``: skip unreadable images (counted in the summary) instead of stopping with an error."""
+    cache_dir: str | None = None
+    """``folder``: where decoded images are cached (default ~/.cache/edge-distill/decoded)."""
+    in_memory: str = "auto"
+    """``folder``: ``auto`` (RAM when the decoded split fits comfortably, else memory-mapped), ``true`` or ``false``."""
+    augment: str = "auto"
+    """``padcrop`` (zero-pad + random crop + flip), ``rrc`` (random resized crop + flip), ``none``; ``auto``: padcrop
+    up to 64 px, rrc above."""
+    padding: int | None = None
+    """padcrop padding in pixels; null = image_size // 8 (4 at 32 px)."""
+    rrc_scale_min: float = 0.25
+    """rrc: smallest crop area as a fraction of the image (aspect ratio 3/4 to 4/3)."""
     train_subset: float | int | None = None
     """Stratified subset of the remaining train split: a fraction, a count, or null for all."""
     test_subset: int | None = None
@@ -72,6 +97,9 @@ class OptimConfig:
     """``constant``, ``onecycle`` or ``cosine`` (stepped per batch)."""
     max_steps: int | None = None
     """Stop each epoch after this many steps (tests of large presets); null for full epochs."""
+    pretrained: bool = False
+    """``torchvision:``/``timm:`` models: start from the library's published weights (downloads them: needs internet)
+    with a fresh head for the data's classes."""
 
 
 @dataclass
@@ -81,6 +109,10 @@ class TeacherConfig(OptimConfig):
     """Pretrained weights to start from (relative paths are tried from the repo root too)."""
     mode: str = "finetune"
     """``finetune`` (train from ``checkpoint``), ``scratch`` (train from random init) or ``load`` (use as is)."""
+    reset_head: bool = False
+    """``finetune``: replace a checkpoint's classifier whose class count differs from the data's with a fresh one."""
+    trust_pickle: bool = False
+    """Allow a checkpoint that is a pickled whole model (unpickling runs code from the file: only for files you trust)."""
     epochs: int = 2
     lr: float = 0.02
 
@@ -125,8 +157,9 @@ class LossConfig:
     beta / 2 * sum over layers, as Zagoruyko & Komodakis (toolkit.distill.losses.AT_FORMS)."""
     at_weight: float | None = None
     """g (paper form) or beta (zagoruyko form); null = the form's published value, 0.8 or 1000."""
-    at_layers: list[str] | None = None
-    """Module names tapped in both networks for AT; null = the model family's rule (``python -m toolkit models``):
+    at_layers: list | None = None
+    """Layers tapped for AT: each item a module path present in both networks (``layer3``) or a [teacher path,
+    student path] pair (``[layer4, features.12]``); null = the model family's rule (``python -m toolkit models``):
     one layer by METHOD.md's rule for MobileNetV2-CIFAR, the three stage outputs layer1-3 for CIFAR ResNets."""
 
     @property
@@ -241,16 +274,40 @@ def build_config(preset: str = "cpu", config_file: str | None = None, overrides:
 
 
 def validate(cfg: RunConfig) -> None:
+    from toolkit.models.derive import canonical_student_name
     from toolkit.models.registry import get_spec
 
     cfg.configuration = canonical_configuration(cfg.configuration)
+    for stage in (cfg.teacher, cfg.student):
+        if not isinstance(stage.model, str) or not stage.model:
+            raise ToolkitError(f"model names must be strings such as resnet20 or torchvision:resnet18, got {stage.model!r}")
+    cfg.student.model = canonical_student_name(cfg.student.model, cfg.teacher.model)
     get_spec(cfg.student.model)
     get_spec(cfg.teacher.model)
     checks = [
         (cfg.teacher.mode in ("finetune", "scratch", "load"), f"teacher.mode must be finetune, scratch or load, got '{cfg.teacher.mode}'"),
-        (cfg.teacher.mode == "scratch" or cfg.teacher.checkpoint, f"teacher.mode '{cfg.teacher.mode}' needs teacher.checkpoint"),
+        (cfg.teacher.mode == "scratch" or cfg.teacher.checkpoint or (cfg.teacher.mode == "finetune" and cfg.teacher.pretrained),
+         f"teacher.mode '{cfg.teacher.mode}' needs teacher.checkpoint=PATH"
+         + (" (or teacher.pretrained=true for a torchvision:/timm: model, which downloads its weights)"
+            if cfg.teacher.mode == "finetune" else "")),
         (cfg.teacher_outputs in ("online", "cached"), f"teacher_outputs must be online or cached, got '{cfg.teacher_outputs}'"),
-        (cfg.data.dataset in ("cifar10", "synthetic"), f"data.dataset must be cifar10 or synthetic, got '{cfg.data.dataset}'"),
+        (cfg.data.dataset in ("cifar10", "synthetic", "folder"), f"data.dataset must be cifar10, folder or synthetic, got '{cfg.data.dataset}'"),
+        (cfg.data.dataset != "folder" or cfg.data.train_dir, "data.dataset=folder needs data.train_dir=PATH (one sub-folder per class)"),
+        (cfg.data.dataset != "folder" or cfg.data.image_size,
+         "data.dataset=folder needs data.image_size=N, the side in pixels the models see (e.g. 64, 96, 128, 224)"),
+        (cfg.data.image_size is None or (isinstance(cfg.data.image_size, int) and not isinstance(cfg.data.image_size, bool)
+                                         and 8 <= cfg.data.image_size <= 1024),
+         f"data.image_size must be a whole number of pixels in [8, 1024], got {cfg.data.image_size!r}"),
+        (cfg.data.dataset == "folder" or cfg.data.image_size in (None, 32),
+         f"data.image_size={cfg.data.image_size} needs data.dataset=folder (CIFAR-10 and synthetic are 32x32)"),
+        (cfg.data.augment in ("auto", "padcrop", "rrc", "none"), f"data.augment must be auto, padcrop, rrc or none, got '{cfg.data.augment}'"),
+        (str(cfg.data.in_memory).lower() in ("auto", "true", "false"), f"data.in_memory must be auto, true or false, got '{cfg.data.in_memory}'"),
+        (isinstance(cfg.data.rrc_scale_min, (int, float)) and 0 < cfg.data.rrc_scale_min <= 1,
+         f"data.rrc_scale_min must be in (0, 1], got {cfg.data.rrc_scale_min!r}"),
+        (cfg.data.padding is None or (isinstance(cfg.data.padding, int) and cfg.data.padding >= 0),
+         f"data.padding must be a whole number >= 0 or null, got {cfg.data.padding!r}"),
+        (not cfg.teacher.reset_head or cfg.teacher.mode == "finetune",
+         "teacher.reset_head=true gives the teacher an untrained head: use it with teacher.mode=finetune"),
         (0 <= cfg.overlay.prob <= 1, f"overlay.prob must be in [0, 1], got {cfg.overlay.prob}"),
         (0 <= cfg.overlay.weight <= 1, f"overlay.weight must be in [0, 1], got {cfg.overlay.weight}"),
         (0 < cfg.overlay.exponent_min <= cfg.overlay.exponent_max, "overlay exponents need 0 < exponent_min <= exponent_max"),
@@ -260,8 +317,11 @@ def validate(cfg: RunConfig) -> None:
         (cfg.loss.at_weight is None or (isinstance(cfg.loss.at_weight, (int, float)) and cfg.loss.at_weight >= 0),
          f"loss.at_weight must be a number >= 0 or null, got {cfg.loss.at_weight!r}"),
         (cfg.loss.at_layers is None or (isinstance(cfg.loss.at_layers, list) and cfg.loss.at_layers
-                                        and all(isinstance(n, str) for n in cfg.loss.at_layers)),
-         f"loss.at_layers must be a non-empty list of module names or null, got {cfg.loss.at_layers!r}"),
+                                        and all(isinstance(n, str) or (isinstance(n, list) and len(n) == 2
+                                                                       and all(isinstance(m, str) for m in n))
+                                                for n in cfg.loss.at_layers)),
+         f"loss.at_layers must be a non-empty list of module paths or [teacher, student] pairs, or null, "
+         f"got {cfg.loss.at_layers!r}"),
         (cfg.ig.steps >= 1, f"ig.steps must be >= 1, got {cfg.ig.steps}"),
         (cfg.ig.baseline in ("mean", "black"), f"ig.baseline must be mean or black, got '{cfg.ig.baseline}'"),
         (cfg.ig.target in ("label", "pred"), f"ig.target must be label or pred, got '{cfg.ig.target}'"),

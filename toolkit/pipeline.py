@@ -22,7 +22,7 @@ from toolkit.data.splits import stratified_sample, subset_size, train_val_split
 from toolkit.data.synthetic import make_synthetic
 from toolkit.device import resolve_precision, select_device
 from toolkit.distill.trainer import TrainJob, train_model
-from toolkit.distributed import DistInfo, barrier, init_distributed
+from toolkit.distributed import DistInfo, barrier, current, init_distributed
 from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_weights, read_checkpoint
 from toolkit.models.profile import count_params
@@ -34,7 +34,8 @@ CACHED_LOGITS_NOTE = "cached teacher logits of the un-augmented image (an approx
 
 @dataclass
 class PreparedData:
-    """The run's splits. ``train_index`` / ``val_index``: dataset indices of the rows (into the source train split)."""
+    """The run's splits. ``train_index`` / ``val_index``: indices of the rows into the source's train split (for an
+    image folder: into the train split's file list, ``files["train"]``)."""
 
     train: ImageSet
     val: ImageSet
@@ -44,16 +45,44 @@ class PreparedData:
     description: str
     classes: tuple[str, ...]
     num_classes: int
+    image_size: int = 32
+    files: dict[str, list[str]] | None = None
+    """Image folders: relative file paths per split, in row order (written to the run as ``splits.json``)."""
+    skipped: list | None = None
+    """Image folders with ``data.skip_bad``: (file, reason) of every image left out."""
+    source_key: str = ""
+    """What identifies the source rows beyond ``description`` (a digest of the folder's file lists); part of every
+    fingerprint that keys on rows (IG cache, training stages)."""
+
+    @property
+    def data_key(self) -> str:
+        return self.description + (f" [{self.source_key}]" if self.source_key else "")
+
+
+def data_image_size(cfg: RunConfig) -> int:
+    """The side in pixels the models see: ``data.image_size``, or 32 for CIFAR-10 and synthetic data."""
+    return int(cfg.data.image_size or 32)
+
+
+def _as_count(n: int, size: int | float, what: str) -> int:
+    if isinstance(size, float) and 0 < size < 1:
+        return max(1, round(n * size))
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or int(size) != size or size < 0:
+        raise ToolkitError(f"{what} must be a count >= 0 or a fraction in (0, 1), got {size!r}")
+    return int(size)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """Load the dataset, hold out a stratified validation split, optionally subset train and test (all seeded)."""
     d = cfg.data
+    if d.dataset == "folder":
+        return _prepare_folder(cfg)
     if d.dataset == "synthetic":
         source = make_synthetic(d.synthetic_per_class, max(2, d.synthetic_per_class // 4), seed=d.split_seed)
     else:
         source = load_cifar10(d.data_dir, download=d.download)
-    train_idx, val_idx = train_val_split(source.train.labels, d.val_size, d.split_seed)
+    train_idx, val_idx = train_val_split(source.train.labels, _as_count(len(source.train), d.val_size, "data.val_size"),
+                                         d.split_seed)
     if d.train_subset is not None:
         keep = stratified_sample(source.train.labels[train_idx], subset_size(len(train_idx), d.train_subset), d.subset_seed)
         train_idx = train_idx[keep]
@@ -62,6 +91,25 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         test = test.subset(torch.arange(min(int(d.test_subset), len(test))))
     return PreparedData(source.train.subset(train_idx), source.train.subset(val_idx), test, train_idx, val_idx,
                         source.description, source.classes, len(source.classes))
+
+
+def _prepare_folder(cfg: RunConfig) -> PreparedData:
+    """An image folder (``data.train_dir`` and optional val/test folders) decoded at ``data.image_size``."""
+    from toolkit.data.folder import load_folder_splits
+
+    d = cfg.data
+    fs = load_folder_splits(d, data_image_size(cfg), progress=cfg.progress)
+    train, files = fs.train, {k: list(v) for k, v in fs.files.items()}
+    train_idx = torch.arange(len(train))
+    if d.train_subset is not None:
+        train_idx = stratified_sample(train.labels, subset_size(len(train), d.train_subset), d.subset_seed)
+        train = train.subset(train_idx)
+    test = fs.test
+    if d.test_subset:
+        test = test.subset(torch.arange(min(int(d.test_subset), len(test))))
+    key = fingerprint({"files": files, "image_size": data_image_size(cfg)})
+    return PreparedData(train, fs.val, test, train_idx, torch.arange(len(fs.val)), fs.description, tuple(fs.classes),
+                        len(fs.classes), data_image_size(cfg), files, list(fs.skipped), f"files {key}")
 
 
 def subset_training(data: PreparedData, maps: torch.Tensor | None, size: float | int, seed: int
@@ -78,8 +126,13 @@ def _resolve_path(path: str) -> Path:
     return p
 
 
+def dist_main() -> bool:
+    """True on the process that writes shared files (rank 0, or the only process)."""
+    return current().is_main
+
+
 def _split_digest(data: PreparedData) -> dict:
-    return {"data": data.description, "train": tensor_digest(data.train_index), "val": tensor_digest(data.val_index),
+    return {"data": data.data_key, "train": tensor_digest(data.train_index), "val": tensor_digest(data.val_index),
             "test": len(data.test)}
 
 
@@ -88,22 +141,32 @@ def _device_and_precision(cfg: RunConfig, device: torch.device | None) -> tuple[
     return device, resolve_precision(cfg.precision, device)
 
 
+def _teacher_source(cfg: RunConfig, model: nn.Module) -> str | None:
+    """Load ``teacher.checkpoint`` into ``model`` (``finetune``/``load``); returns the file's short sha256."""
+    t = cfg.teacher
+    if t.mode == "scratch" or not t.checkpoint:
+        return None
+    src = _resolve_path(t.checkpoint)
+    load_weights(model, t.model, src, reset_head=t.reset_head, trust_pickle=t.trust_pickle)
+    return sha256_file(src, length=16)
+
+
 def prepare_teacher(cfg: RunConfig, run: RunFolder, data: PreparedData, device: torch.device | None = None,
                     progress: bool | None = None) -> nn.Module:
-    """The teacher in eval mode: ``load`` as given, ``finetune`` from the checkpoint, or ``scratch``; saved as
-    ``run/teacher.pt`` and reused on rerun when its settings match."""
+    """The teacher in eval mode: ``load`` as given, ``finetune`` from the checkpoint (or the library's published
+    weights with ``teacher.pretrained``), or ``scratch``; saved as ``run/teacher.pt`` (also for ``load``, with its
+    measured accuracies, so export and bench read every run the same way) and reused on rerun when its settings
+    match."""
     device, precision = _device_and_precision(cfg, device)
     t = cfg.teacher
-    model = build_model(t.model, data.num_classes)
-    source_sha = None
-    if t.mode in ("load", "finetune"):
-        src = _resolve_path(t.checkpoint)
-        load_weights(model, t.model, src)
-        source_sha = sha256_file(src, length=16)
-    if t.mode == "load":
-        return model.eval().to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(t.model, data.num_classes, pretrained=t.pretrained and t.mode != "scratch")
+    source_sha = _teacher_source(cfg, model)
     stage_cfg = {"teacher": t.__dict__, "source_sha": source_sha, "split": _split_digest(data), "seed": cfg.seed,
-                 "precision": precision}
+                 "precision": precision, **_augment_key(cfg)}
+    if t.mode == "load":
+        _save_loaded_teacher(cfg, run, model, data, device, fingerprint(stage_cfg), source_sha)
+        return model.eval().to(device)
     torch.manual_seed(cfg.seed)
     if t.mode == "scratch":
         model = build_model(t.model, data.num_classes)
@@ -111,11 +174,54 @@ def prepare_teacher(cfg: RunConfig, run: RunFolder, data: PreparedData, device: 
                    test=data.test, out_dir=run.root, fingerprint=fingerprint(stage_cfg), seed=cfg.seed, device=device,
                    precision=precision, channels_last=cfg.channels_last,
                    progress=cfg.progress if progress is None else progress, metrics_path=run.metrics,
-                   extra_meta={"source_checkpoint": t.checkpoint, "source_sha256_16": source_sha})
+                   extra_meta={"source_checkpoint": t.checkpoint, "source_sha256_16": source_sha},
+                   augment=augment_spec(cfg))
     result = train_model(job)
     if not result.get("finished"):
         raise ToolkitError("teacher training stopped early")
     return model.eval()
+
+
+def _save_loaded_teacher(cfg: RunConfig, run: RunFolder, model: nn.Module, data: PreparedData, device: torch.device,
+                         stage_fingerprint: str, source_sha: str | None) -> None:
+    """``teacher.mode=load``: measure the teacher as given on val and test, once, and keep it as ``run/teacher.pt``."""
+    from toolkit.evaluate import evaluate_accuracy
+    from toolkit.models.checkpoint import save_checkpoint
+
+    path = run.checkpoint("teacher")
+    if path.is_file():
+        meta = read_checkpoint(path)["meta"]
+        if meta.get("fingerprint") == stage_fingerprint and "result" in meta:
+            return
+    if not dist_main():
+        return
+    model.eval().to(device)
+    test_acc = evaluate_accuracy(model, data.test.images, data.test.labels, device=device)
+    val_acc = evaluate_accuracy(model, data.val.images, data.val.labels, device=device) if len(data.val) else None
+    result = {"params": count_params(model), "test_acc": test_acc, "val_acc": val_acc, "epochs": 0, "finished": True}
+    save_checkpoint(model, cfg.teacher.model, path, {"fingerprint": stage_fingerprint, "result": result, "mode": "load",
+                                                     "source_checkpoint": cfg.teacher.checkpoint,
+                                                     "source_sha256_16": source_sha})
+    print(f"teacher {cfg.teacher.model} loaded as given from {cfg.teacher.checkpoint}: test {test_acc:.2f}%"
+          + (f", val {val_acc:.2f}%" if val_acc is not None else ""))
+
+
+def _augment_key(cfg: RunConfig) -> dict:
+    """Fingerprint part for the augmentation: empty for the 32-px pad-and-crop every earlier run used, so their
+    stage fingerprints (and finished checkpoints) stay valid."""
+    spec = augment_spec(cfg)
+    if (spec.kind, spec.padding, data_image_size(cfg)) == ("padcrop", 4, 32):
+        return {}
+    return {"augment": {"kind": spec.kind, "padding": spec.padding, "scale_min": spec.scale_min,
+                        "image_size": data_image_size(cfg)}}
+
+
+def augment_spec(cfg: RunConfig):
+    """The run's training augmentation (``data.augment``, resolved for its image size)."""
+    from toolkit.data.augment import resolve_augment
+
+    d = cfg.data
+    return resolve_augment(d.augment, data_image_size(cfg), d.padding, d.rrc_scale_min)
 
 
 def teacher_result(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: PreparedData, device: torch.device) -> dict:
@@ -145,9 +251,40 @@ def prepare_ig_maps(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: Pr
     from toolkit.attribution.cache import load_or_compute_ig_maps
 
     device, precision = _device_and_precision(cfg, device)
+    show = cfg.progress if progress is None else progress
+    if show and current().is_main:
+        _print_ig_estimate(cfg, run, teacher, data, device, precision)
     return load_or_compute_ig_maps(run.ig_dir, teacher.to(device), cfg.teacher.model, data.train.images, data.train.labels,
-                                   data.train_index, data.description, cfg.ig, device, precision,
+                                   data.train_index, data.data_key, cfg.ig, device, precision,
                                    progress=cfg.progress if progress is None else progress)
+
+
+def _print_ig_estimate(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: PreparedData, device: torch.device,
+                       precision: str) -> None:
+    """Before IG maps are computed: their cost (images x steps x teacher MFLOPs) and a time measured on a few images."""
+    import math
+
+    from toolkit.attribution.ig import compute_ig_maps
+    from toolkit.models.profile import forward_mflops
+
+    n = len(data.train)
+    chunks = math.ceil(n / max(1, cfg.ig.chunk_size))
+    if run.ig_dir.is_dir() and len(list(run.ig_dir.glob("chunk_*.pt"))) >= chunks:
+        return  # finished cache: nothing to estimate
+    mflops = forward_mflops(teacher.cpu() if device.type == "cpu" else teacher, data.image_size)
+    teacher.to(device)
+    total_tflop = n * cfg.ig.steps * mflops * 3 / 1e6  # forward + backward ~ 3 forwards
+    head = (f"IG maps: {n:,} images x {cfg.ig.steps} steps x {mflops:.1f} teacher MFLOPs (x3 forward+backward) = "
+            f"{total_tflop:.2f} TFLOP")
+    if current().world_size > 1:  # compute_ig_maps is collective under DDP: no single-rank probe
+        print(head)
+        return
+    probe = min(n, max(2, cfg.ig.batch_size))
+    t0 = time.perf_counter()
+    compute_ig_maps(teacher, data.train.images[:probe], data.train.labels[:probe], cfg.ig, device, precision, progress=False)
+    per_image = (time.perf_counter() - t0) / probe
+    print(f"{head}; expected about {per_image * n / 60:.1f} min on {device} "
+          f"(measured {1 / per_image:.1f} img/s on {probe} images)")
 
 
 def cached_teacher_logits(teacher: nn.Module, data: PreparedData, device: torch.device, precision: str) -> torch.Tensor:
@@ -178,35 +315,29 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
     if use_at and cfg.teacher_outputs == "cached":
         raise ToolkitError("attention transfer needs the teacher's features online: use teacher_outputs=online")
     torch.manual_seed(seed)
-    student = build_model(name, data.num_classes)
+    student = build_model(name, data.num_classes, pretrained=cfg.student.pretrained)
     teacher_logits = None
     if use_kd and cfg.teacher_outputs == "cached":
         teacher_logits = cached_teacher_logits(teacher, data, device, precision)
-    at_layers = tuple(cfg.loss.at_layers) if cfg.loss.at_layers else get_spec(name).at_layers
+    at_layers: tuple = ()
     if use_at:
-        for who, net in (("student " + name, student), ("teacher " + cfg.teacher.model, teacher)):
-            known = dict(net.named_modules())
-            missing = [n for n in at_layers if n not in known]
-            if missing:
-                top = ", ".join(n for n, _ in net.named_children())
-                raise ToolkitError(f"loss.at_layers: {who} has no module named '{missing[0]}' (its top-level modules: "
-                                   f"{top}; dotted names reach deeper, e.g. layer3.0)")
-    if use_at and not cfg.loss.at_layers and get_spec(name).family != get_spec(cfg.teacher.model).family:
-        raise ToolkitError(f"attention transfer pairs layers by name: {name} and {cfg.teacher.model} are of different "
-                           "families (name the layers with loss.at_layers=[...])")
+        from toolkit.distill.taps import resolve_at_pairs
+
+        at_layers = resolve_at_pairs(teacher, student, cfg.loss.at_layers, cfg.teacher.model, name)
     stage_cfg = {"model": name, "optim": cfg.student.__dict__, "configuration": configuration, "seed": seed,
                  "loss": cfg.loss.__dict__ if (use_kd or use_at) else None, "overlay": cfg.overlay.__dict__ if use_ig else None,
                  "ig": cfg.ig.__dict__ if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
                  "teacher_outputs": cfg.teacher_outputs if use_kd else None, "split": _split_digest(data),
                  "train_rows": tensor_digest(data.train_index), "maps": tensor_digest(ig_maps) if use_ig else None,
-                 "precision": precision}
+                 "precision": precision, **_augment_key(cfg)}
     job = TrainJob(role=role, model_name=name, model=student, optim=cfg.student, train=data.train, val=data.val,
                    test=data.test, out_dir=Path(out_dir), fingerprint=fingerprint(stage_cfg), seed=seed, device=device,
                    precision=precision, channels_last=cfg.channels_last, teacher=teacher if (use_kd or use_at) else None,
                    loss=cfg.loss, use_kd=use_kd, use_at=use_at, at_layers=at_layers,
                    ig_maps=ig_maps if use_ig else None, overlay=cfg.overlay if use_ig else None,
                    teacher_logits=teacher_logits, progress=cfg.progress if progress is None else progress,
-                   metrics_path=Path(out_dir) / "metrics.jsonl", extra_meta={"configuration": configuration, "seed": seed})
+                   metrics_path=Path(out_dir) / "metrics.jsonl", extra_meta={"configuration": configuration, "seed": seed},
+                   augment=augment_spec(cfg))
     result = train_model(job, max_epochs_this_call)
     result["configuration"] = configuration
     result["seed"] = seed
@@ -249,14 +380,21 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
         save_config(cfg, run.config)
     t0 = time.perf_counter()
     data = prepare_data(cfg)
-    print(f"data: {data.description}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test; "
-          f"device {device}, precision {precision}, world size {dist_info.world_size}")
+    print(f"data: {data.description}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test "
+          f"at {data.image_size} px; device {device}, precision {precision}, world size {dist_info.world_size}")
+    if data.skipped:
+        print(f"data: {len(data.skipped)} unreadable image(s) skipped (data.skip_bad), listed in {root / 'splits.json'}")
+    if data.files is not None and dist_info.is_main:
+        atomic_write_json(root / "splits.json", {"classes": list(data.classes), "image_size": data.image_size,
+                                                 "files": data.files, "skipped": [list(x) for x in data.skipped or []]})
     teacher = prepare_teacher(cfg, run, data, device)
     summary = {"run": run_name, "run_dir": str(root), "preset": cfg.preset, "configuration": configuration,
                "config": configuration, "data": data.description, "seed": cfg.seed, "device": str(device),
                "precision": precision, "toolkit_version": __version__,
+               "image_size": data.image_size, "classes": list(data.classes),
                "split": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
-                         "split_seed": cfg.data.split_seed, "train_subset": cfg.data.train_subset},
+                         "split_seed": cfg.data.split_seed, "train_subset": cfg.data.train_subset,
+                         "skipped_images": len(data.skipped or [])},
                "teacher_outputs": cfg.teacher_outputs if cfg.teacher_outputs == "online" else CACHED_LOGITS_NOTE}
     summary["teacher"] = teacher_result(cfg, run, teacher, data, device)
     if stages == ["teacher"]:

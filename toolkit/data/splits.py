@@ -56,3 +56,15 @@ def subset_size(n: int, size: int | float | None) -> int:
     if int(size) != size or not 1 < int(size) <= n:
         raise ToolkitError(f"subset size must be a fraction in (0, 1] or a count in [2, {n}], got {size}")
     return int(size)
+
+
+def holdout_size(n: int, size: int | float, what: str = "hold-out size") -> int:
+    """A hold-out of ``n`` rows as a count: a number in (0, 1) is a fraction of ``n`` (at least 1 row), a whole
+    number >= 0 a count; it must leave at least one row behind. ``what`` names the setting in the error."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0 or (size >= 1 and int(size) != size):
+        raise ToolkitError(f"{what} must be a count >= 0 or a fraction in (0, 1), got {size!r}")
+    count = max(1, round(n * size)) if 0 < size < 1 else int(size)
+    if count and count >= n:
+        raise ToolkitError(f"{what}={size!r} takes {count} of only {n} images, leaving none to train on: "
+                           f"use a smaller count or a fraction such as 0.1")
+    return count

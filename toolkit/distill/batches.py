@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from toolkit.config import OverlayConfig
-from toolkit.data.augment import random_crop_flip, to_float
+from toolkit.data.augment import AugmentSpec, augment_batch, random_crop_flip, to_float
 from toolkit.data.batches import epoch_generator, index_batches, num_batches
 from toolkit.data.cifar10 import ImageSet
 
@@ -48,16 +48,18 @@ def steps_per_epoch(n_train: int, global_batch: int, max_steps: int | None = Non
     return min(steps, max_steps) if max_steps else steps
 
 
-def epoch_batches(train: ImageSet, global_batch: int, seed: int, epoch: int, padding: int = 4,
+def epoch_batches(train: ImageSet, global_batch: int, seed: int, epoch: int, augment: "AugmentSpec | int" = 4,
                   ig_maps: torch.Tensor | None = None, overlay: OverlayConfig | None = None,
                   teacher_logits: torch.Tensor | None = None, max_steps: int | None = None) -> Iterator[TrainBatch]:
     """The augmented global batches of ``epoch``, the same for every rank and every resume.
 
-    ``ig_maps``: (N, H, W) rows aligned with ``train``; the overlay is applied when both maps and ``overlay`` (with
+    ``augment``: the crop/flip policy (``toolkit.data.augment.AugmentSpec``), or a padding in pixels for CIFAR's
+    pad-and-crop. ``ig_maps``: (N, H, W) rows aligned with ``train``, co-augmented with the images; the overlay is
+    applied when both maps and ``overlay`` (with
     prob > 0) are given. ``teacher_logits``: (N, C) cached rows aligned with ``train``, or None.
     """
     order = epoch_generator(seed, epoch, STREAMS["order"])
-    augment = epoch_generator(seed, epoch, STREAMS["augment"])
+    augment_gen = epoch_generator(seed, epoch, STREAMS["augment"])
     overlay_gen = epoch_generator(seed, epoch, STREAMS["overlay"])
     use_overlay = ig_maps is not None and overlay is not None and overlay.prob > 0
     limit = steps_per_epoch(len(train), global_batch, max_steps)
@@ -66,7 +68,10 @@ def epoch_batches(train: ImageSet, global_batch: int, seed: int, epoch: int, pad
         if step >= limit:
             break
         maps = [ig_maps[idx].float()] if use_overlay else []
-        x, maps = random_crop_flip(to_float(train.images[idx]), augment, padding, extra=maps)
+        if isinstance(augment, int):
+            x, maps = random_crop_flip(to_float(train.images[idx]), augment_gen, augment, extra=maps)
+        else:
+            x, maps = augment_batch(to_float(train.images[idx]), augment_gen, augment, extra=maps)
         overlaid = torch.zeros(len(idx), dtype=torch.bool)
         if use_overlay:
             from toolkit.attribution.overlay import apply_ig_overlay

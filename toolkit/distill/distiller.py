@@ -4,51 +4,31 @@
 ``ce = (1 - alpha) * CE`` (or plain CE without KD), ``kd = alpha * KD``, ``at = weight * AT`` (``loss.at_form``).
 ``weights`` gives each term's weight, so the unweighted value of a term is ``losses[k] / weights[k]``.
 
-The forward hooks that capture AT features live only as long as the Distiller is in use: call :meth:`close` (or use
-it as a context manager) when done, and the teacher and student carry no hooks of ours afterwards.
+Attention transfer taps the teacher's paths on the teacher and the student's on the student (``at_layers`` pairs,
+``toolkit.distill.taps``). The forward hooks that capture AT features live only as long as the Distiller is in use:
+call :meth:`close` (or use it as a context manager) when done, and the teacher and student carry no hooks of ours
+afterwards.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from toolkit.config import LossConfig
 from toolkit.distill.losses import attention_transfer_loss, cross_entropy_loss, kd_loss
+from toolkit.distill.taps import FeatureTap, as_pairs
 
-
-class FeatureTap:
-    """Forward hooks that keep the outputs of named modules from the latest forward pass."""
-
-    def __init__(self, model: nn.Module, names: tuple[str, ...]):
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"model has no module named {missing[0]!r} for attention transfer")
-        self.names = names
-        self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name: str):
-        def hook(_module, _inputs, output):
-            self.outputs[name] = output
-        return hook
-
-    def take(self) -> list[torch.Tensor]:
-        out = [self.outputs[n] for n in self.names]
-        self.outputs = {}
-        return out
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self.outputs = {}
+__all__ = ["Distiller", "FeatureTap"]
 
 
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, loss: LossConfig, use_kd: bool, use_at: bool,
-                 at_layers: tuple[str, ...] = ()):
+                 at_layers: Sequence[str | Sequence[str]] = ()):
+        """``at_layers``: (teacher path, student path) pairs (``toolkit.distill.taps.resolve_at_pairs``); a plain
+        string names the same path in both networks."""
         super().__init__()
         if (use_kd or use_at) and teacher is None:
             raise ValueError("KD and AT need a teacher")
@@ -63,9 +43,15 @@ class Distiller(nn.Module):
                 p.requires_grad_(False)
         if use_at and not at_layers:
             raise ValueError("attention transfer needs at least one layer name (at_layers)")
+        pairs = as_pairs(at_layers) if use_at else ()
+        self.at_pairs = pairs
         student_module = getattr(student, "module", student)
-        self._student_tap = FeatureTap(student_module, tuple(at_layers)) if use_at else None
-        self._teacher_tap = FeatureTap(teacher, tuple(at_layers)) if use_at else None
+        self._student_tap = FeatureTap(student_module, tuple(s for _, s in pairs)) if use_at else None
+        try:
+            self._teacher_tap = FeatureTap(teacher, tuple(t for t, _ in pairs)) if use_at else None
+        except Exception:
+            self._student_tap.remove()  # leave no hooks behind on a failed construction
+            raise
 
     @property
     def weights(self) -> dict[str, float]:

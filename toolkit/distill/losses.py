@@ -29,11 +29,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
-def attention_map(features: torch.Tensor) -> torch.Tensor:
-    """Zagoruyko & Komodakis: mean over channels of F^2, flattened, L2-normalised. (B, C, H, W) -> (B, H*W)."""
+def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Zagoruyko & Komodakis: mean over channels of F^2, flattened, L2-normalised. (B, C, H, W) -> (B, H*W).
+
+    ``size``: area-pool the (H, W) map of mean squares to this smaller size first (adaptive average pooling, so a
+    size that does not divide evenly still covers every position); the map is normalised after pooling."""
     if features.dim() != 4:
         raise ValueError(f"attention_map: expected (B, C, H, W) features, got {tuple(features.shape)}")
-    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
+    energy = features.float().pow(2).mean(dim=1)
+    if size is not None and tuple(energy.shape[1:]) != tuple(size):
+        energy = F.adaptive_avg_pool2d(energy.unsqueeze(1), size).squeeze(1)
+    return F.normalize(energy.flatten(1), dim=1)
 
 
 AT_FORMS = ("paper", "zagoruyko")
@@ -50,14 +56,22 @@ DEFAULT_AT_WEIGHT = {"paper": 0.8, "zagoruyko": 1000.0}
 
 
 def attention_transfer_terms(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
-    """Per layer pair ``mean((A_t - A_s)^2)``, shape (L,); each pair must share batch and spatial size."""
+    """Per layer pair ``mean((A_t - A_s)^2)``, shape (L,); each pair must share the batch size.
+
+    Maps of different spatial sizes are compared at the smaller one: each map's mean of squares is area-pooled to
+    (min H, min W) before normalising (:func:`attention_map`); maps of one size are compared as they are."""
     if len(student_features) != len(teacher_features) or not student_features:
         raise ValueError(f"attention_transfer_loss: {len(student_features)} student vs {len(teacher_features)} teacher layers")
     losses = []
     for fs, ft in zip(student_features, teacher_features):
-        if fs.dim() != 4 or ft.dim() != 4 or fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
-            raise ValueError(f"attention_transfer_loss: feature maps {tuple(fs.shape)} and {tuple(ft.shape)} differ in batch or H, W")
-        losses.append((attention_map(ft) - attention_map(fs)).pow(2).mean())
+        if fs.dim() != 4 or ft.dim() != 4 or fs.shape[0] != ft.shape[0]:
+            raise ValueError(f"attention_transfer_loss: feature maps {tuple(fs.shape)} and {tuple(ft.shape)} are not "
+                             "(B, C, H, W) maps of one batch")
+        if fs.shape[2:] == ft.shape[2:]:
+            losses.append((attention_map(ft) - attention_map(fs)).pow(2).mean())
+        else:
+            size = (min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3]))
+            losses.append((attention_map(ft, size) - attention_map(fs, size)).pow(2).mean())
     return torch.stack(losses)
 
 

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,6 +61,8 @@ class TrainJob:
     progress: bool = True
     metrics_path: Path | None = None
     extra_meta: dict = field(default_factory=dict)
+    augment: Any = 4
+    """Crop/flip policy: a ``toolkit.data.augment.AugmentSpec``, or the padding of CIFAR's pad-and-crop."""
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -158,7 +161,7 @@ def train_epoch(job: TrainJob, epoch: int, distiller: Distiller, state: TrainSta
     part_sums = torch.zeros(len(names), dtype=torch.float64)
     bar = tqdm(total=steps, desc=f"{job.role} {epoch + 1}/{job.optim.epochs}", unit="step",
                disable=not (job.progress and dist_info.is_main), leave=False, dynamic_ncols=True)
-    batches = epoch_batches(job.train, global_batch, job.seed, epoch, 4, job.ig_maps, job.overlay, job.teacher_logits,
+    batches = epoch_batches(job.train, global_batch, job.seed, epoch, job.augment, job.ig_maps, job.overlay, job.teacher_logits,
                             job.optim.max_steps)
     for step, batch in enumerate(batches):
         batch = batch.share(dist_info.rank, dist_info.world_size)

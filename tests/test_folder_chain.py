@@ -1,0 +1,195 @@
+"""Bring your own classifier, end to end: an image folder built here (mixed sizes and modes, a corrupt file), a
+torchvision teacher and a student truncated from it, through distill -> export -> bench-edge -> predict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from toolkit import ToolkitError
+from toolkit.config import build_config
+
+CLASSES = ("cat", "dog", "frog")
+SIZE = 40  # not 32: the resize rule and the augmentation run at the run's own size
+
+
+def _photo(cls: int, i: int, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A learnable colour pattern per class plus noise, uint8 (H, W, 3)."""
+    base = np.zeros((*size[::-1], 3), np.float32)
+    base[..., cls] = 200
+    base += rng.normal(0, 25, base.shape)
+    return base.clip(0, 255).astype(np.uint8)
+
+
+def make_image_folder(root: Path, per_class: int = 14, corrupt: bool = True, seed: int = 0) -> Path:
+    """root/<class>/*.{jpg,png,gif,webp}: RGB JPEG, grayscale PNG, palette GIF, RGBA PNG, CMYK JPEG; various sizes."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CLASSES):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            size = [(48, 40), (64, 64), (37, 53), (80, 60), (40, 40)][i % 5]
+            img = Image.fromarray(_photo(c, i, rng, size))
+            kind = i % 5
+            if kind == 0:
+                img.save(d / f"{i}.jpg", quality=95)
+            elif kind == 1:
+                img.convert("RGBA").save(d / f"{i}.png")
+            elif kind == 2:
+                img.convert("P").save(d / f"{i}.gif")
+            elif kind == 3:
+                img.convert("CMYK").save(d / f"{i}.jpg", quality=95)
+            else:
+                img.save(d / f"{i}.webp")
+    if corrupt:
+        (root / CLASSES[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def folder_overrides(tmp_path: Path, train_dir: Path, **extra: str) -> list[str]:
+    base = {"data.train_dir": str(train_dir), "data.image_size": str(SIZE), "data.cache_dir": str(tmp_path / "cache"),
+            "data.val_size": "6", "data.test_size": "9", "data.skip_bad": "true",
+            "teacher.model": "torchvision:mobilenet_v2", "teacher.mode": "scratch", "teacher.epochs": "2",
+            "teacher.batch_size": "16", "teacher.lr": "0.05", "student.model": "truncate:12", "student.epochs": "2",
+            "student.batch_size": "16", "ig.steps": "4", "ig.batch_size": "8", "progress": "false"}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    from toolkit.pipeline import run_distill
+
+    tmp = tmp_path_factory.mktemp("folder")
+    train_dir = make_image_folder(tmp / "photos")
+    cfg = build_config("folder", overrides=folder_overrides(tmp, train_dir))
+    summary = run_distill(cfg, "byo", runs_dir=tmp / "runs")
+    return tmp, train_dir, tmp / "runs" / "byo", summary
+
+
+@pytest.mark.slow
+def test_folder_run_records_splits_sizes_and_skipped_files(folder_run):
+    tmp, train_dir, root, summary = folder_run
+    assert summary["image_size"] == SIZE and summary["classes"] == list(CLASSES)
+    assert summary["split"]["skipped_images"] == 1
+    assert summary["student"]["name"] == "truncate:12:torchvision:mobilenet_v2"
+    assert summary["student"]["params"] < summary["teacher"]["params"]
+    splits = json.loads((root / "splits.json").read_text())
+    files = {k: set(v) for k, v in splits["files"].items()}
+    assert files["train"].isdisjoint(files["test"]) and files["val"].isdisjoint(files["test"])
+    assert files["train"].isdisjoint(files["val"])
+    assert len(files["test"]) == 9 and len(files["val"]) == 6
+    assert sum(len(v) for v in files.values()) == 3 * 14  # every readable file in exactly one split
+    assert [Path(p).name for p, _ in splits["skipped"]] == ["broken.jpg"]
+    cfg = yaml_config(root)
+    assert cfg["data"]["dataset"] == "folder" and cfg["student"]["model"] == "truncate:12:torchvision:mobilenet_v2"
+
+
+def yaml_config(root: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((root / "config.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_folder_run_exports_benchmarks_and_predicts(folder_run):
+    from benchmarks import bench_edge
+    from deploy.export import ExportConfig, run_export
+    from deploy.steps import ExportOnnxConfig, QuantizeConfig
+    from edgecommon.images import fit_image, resize_rule
+
+    tmp, train_dir, root, summary = folder_run
+    cfg = ExportConfig(export=ExportOnnxConfig(exporter="torchscript", opset=17), quantize=QuantizeConfig(calib_size=16),
+                       parity_images=9, parity_random=4, max_drop=100.0)
+    manifest = run_export(root, cfg, log=lambda s: None)
+    entry = manifest.models["student.fp32"]
+    assert entry.preprocessing.image_size == [SIZE, SIZE] and entry.input.shape[1:] == [3, SIZE, SIZE]
+    assert entry.preprocessing.resize == resize_rule(SIZE)
+    assert manifest.classes == list(CLASSES)
+    assert entry.accuracy["n"] == 9  # the run's own carved test split
+    # the teacher's exported accuracy is the one the run measured on the same test images
+    assert manifest.models["teacher.fp32"].accuracy["top1"] == pytest.approx(summary["teacher"]["test_acc"], abs=1e-3)
+
+    assert bench_edge.main(["--run", str(root), "--quick", "--no-aarch64", "--batches", "1", "--threads", "1"]) == 0
+    report = json.loads((root / "bench" / "report.json").read_text())
+    assert report["accuracy"]["n"] == 9
+    assert str(SIZE) in report["settings"]["input"]
+
+    # deploy.predict on an original file of another size and mode: same rule as training, same answer as ORT here
+    splits = json.loads((root / "splits.json").read_text())
+    some = train_dir / splits["files"]["test"][0]
+    out = subprocess.run([sys.executable, "-m", "deploy.predict", str(root / "export" / "manifest.json"), str(some),
+                          "--json", "--model", "student.fp32"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pred = json.loads(out.stdout)[0]
+    import onnxruntime as ort
+
+    with Image.open(some) as im:
+        x = fit_image(im, SIZE).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    sess = ort.InferenceSession(str(root / "export" / "student.fp32.onnx"), providers=["CPUExecutionProvider"])
+    assert pred["indices"][0] == int(sess.run(None, {"input": x})[0].argmax())
+
+
+@pytest.mark.slow
+def test_teacher_used_as_is_exports(tmp_path):
+    """teacher.mode=load (a user's trained network, here a bare torchvision state dict) distils and exports."""
+    import torchvision
+
+    from deploy.export import ExportConfig, run_export
+    from deploy.steps import ExportOnnxConfig, QuantizeConfig
+    from toolkit.pipeline import run_distill
+
+    train_dir = make_image_folder(tmp_path / "photos", per_class=8, corrupt=False)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3)
+    torch.save(net.state_dict(), tmp_path / "mine.pth")
+    cfg = build_config("folder", overrides=folder_overrides(
+        tmp_path, train_dir, **{"teacher.model": "torchvision:resnet18", "teacher.mode": "load",
+                                "teacher.checkpoint": str(tmp_path / "mine.pth"), "student.model": "resnet8",
+                                "data.val_size": "3", "data.test_size": "3", "student.epochs": "1", "configuration": "KD"}))
+    summary = run_distill(cfg, "load", runs_dir=tmp_path / "runs", stages=["teacher", "student"])
+    assert summary["teacher"]["checkpoint"] == "teacher.pt" and summary["teacher"]["mode"] == "load"
+    cfg_x = ExportConfig(export=ExportOnnxConfig(exporter="torchscript", opset=17), quantize=QuantizeConfig(calib_size=8),
+                         parity_images=3, parity_random=2, max_drop=100.0)
+    manifest = run_export(tmp_path / "runs" / "load", cfg_x, log=lambda s: None)
+    assert manifest.models["teacher.fp32"].architecture == "torchvision:resnet18"
+
+
+def test_folder_config_errors_are_one_line(tmp_path):
+    with pytest.raises(ToolkitError, match="needs data.train_dir"):
+        build_config("folder", overrides=["data.image_size=64"])
+    with pytest.raises(ToolkitError, match="needs data.image_size"):
+        build_config("folder", overrides=[f"data.train_dir={tmp_path}"])
+    with pytest.raises(ToolkitError, match="image_size"):
+        build_config("folder", overrides=[f"data.train_dir={tmp_path}", "data.image_size=big"])
+    with pytest.raises(ToolkitError, match="needs data.dataset=folder"):
+        build_config("smoke", overrides=["data.image_size=64"])
+    with pytest.raises(ToolkitError, match="reset_head"):
+        build_config("folder", overrides=[f"data.train_dir={tmp_path}", "data.image_size=64", "teacher.reset_head=true"])
+
+
+@pytest.mark.slow
+def test_mismatched_head_refused_then_reset(tmp_path):
+    """A 1000-class checkpoint on 3-class data: refused with the shapes; teacher.reset_head=true fine-tunes it."""
+    import torchvision
+
+    from toolkit.pipeline import run_distill
+
+    train_dir = make_image_folder(tmp_path / "photos", per_class=6, corrupt=False)
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "imagenet_like.pth")
+    over = {"teacher.model": "torchvision:mobilenet_v3_small", "teacher.mode": "finetune", "teacher.epochs": "1",
+            "teacher.checkpoint": str(tmp_path / "imagenet_like.pth"), "data.val_size": "3", "data.test_size": "3"}
+    cfg = build_config("folder", overrides=folder_overrides(tmp_path, train_dir, **over))
+    with pytest.raises(ToolkitError, match=r"1000.*3|3.*1000") as err:
+        run_distill(cfg, "head", runs_dir=tmp_path / "runs", stages=["teacher"])
+    assert "reset_head" in str(err.value) and "\n" not in str(err.value)
+    cfg = build_config("folder", overrides=folder_overrides(tmp_path, train_dir, **over, **{"teacher.reset_head": "true"}))
+    summary = run_distill(cfg, "head", runs_dir=tmp_path / "runs", stages=["teacher"])
+    assert summary["teacher"]["checkpoint"] == "teacher.pt"
