@@ -10,8 +10,10 @@ RUN ?=
 CONFIG ?=
 RESUME ?= 1
 ARGS ?=
+MAX_DROP ?=
+ALLOW_BUDGET_MISS ?=
 # Command-line words such as student.epochs=3 are config overrides, not make variables of ours.
-OVERRIDES := $(filter-out PRESET=% RUN=% CONFIG=% RESUME=% ARGS=% VENV=% PYTHON_BOOT=% TORCH_SPEC=% STUDY=% SCALE=%,$(MAKEOVERRIDES))
+OVERRIDES := $(filter-out PRESET=% RUN=% CONFIG=% RESUME=% ARGS=% VENV=% PYTHON_BOOT=% TORCH_SPEC=% STUDY=% SCALE=% MAX_DROP=% ALLOW_BUDGET_MISS=%,$(MAKEOVERRIDES))
 RUN_NAME = $(if $(RUN),$(RUN),$(PRESET))
 
 .PHONY: install test test-fast distill teacher export bench-edge setup-aarch64 bench-pipeline ablation montecarlo sweep generalize clean
@@ -39,7 +41,8 @@ teacher: install
 	$(PY) -m toolkit distill --preset $(PRESET) --run $(RUN_NAME) --stages teacher $(ARGS) $(OVERRIDES)
 
 export: install
-	$(PY) -m deploy.export --run runs/$(RUN_NAME) $(ARGS)
+	$(PY) -m deploy.export --run runs/$(RUN_NAME) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) \
+		$(if $(filter 1 yes true,$(ALLOW_BUDGET_MISS)),--allow-budget-miss) $(ARGS)
 
 bench-edge: install
 	$(PY) -m benchmarks.bench_edge --run runs/$(RUN_NAME) $(ARGS)

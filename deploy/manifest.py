@@ -2,12 +2,17 @@
 
 Standard library and the bottom layer ``edgecommon`` only, so the device runtime can import it. A manifest is JSON::
 
-    {"schema": "edge-distill-export-manifest", "schema_version": 1, "created_utc": ..., "toolkit_version": ...,
-     "run": ..., "data": {...}, "classes": [...], "calibration": {...} | null,
-     "models": {"student.fp32": ModelEntry, "student.int8": ModelEntry, "teacher.fp32": ModelEntry}}
+    {"schema": "edge-distill-export-manifest", "schema_version": 1, "schema_minor": 1, "created_utc": ...,
+     "toolkit_version": ..., "run": ..., "data": {...}, "classes": [...], "calibration": {...} | null,
+     "models": {"student.fp32": ModelEntry, "student.int8": ModelEntry, "teacher.fp32": ModelEntry},
+     "ship": {"model": "student.int8" | "student.fp32", "reason": ...}, "int8": {...}}
 
 Each ``ModelEntry`` names its file (relative to the manifest), sha256, size, opset, input/output tensors, the exact
 preprocessing (``Preprocessing``), accuracies, source checkpoint, parity figures and, for int8, quantization details.
+
+Minor revisions only add optional fields, and a reader ignores fields it does not know, so any minor of version 1
+reads: minor 0 (no ``schema_minor``, ``ship`` or ``int8``) is read as before; minor 1 adds ``ship`` (the student to
+ship) and ``int8`` (decisions on validation: calibration choice, sensitivity summary, fallback, latency, accuracies).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from edgecommon.images import COLOR_RULE, resize_rule
 
 SCHEMA = "edge-distill-export-manifest"
 SCHEMA_VERSION = 1
+SCHEMA_MINOR = 1
+"""Minor revision written by this exporter; manifests without the field are minor 0."""
 MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -105,11 +112,24 @@ class Manifest:
     data: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     created_utc: str = ""
+    ship: dict[str, Any] | None = None
+    """``{"model": key, "reason": text}``: the student to deploy (minor >= 1); see ``shipped_student``."""
+    int8: dict[str, Any] | None = None
+    """How the int8 student was decided, on validation images (minor >= 1; ``deploy.export``)."""
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
+    schema_minor: int = SCHEMA_MINOR
+
+    @property
+    def shipped_student(self) -> str:
+        """The model key to deploy: ``ship.model``; for a minor-0 manifest the int8 student (the rule then).
+        ``entry(manifest.shipped_student)`` raises a one-line DeployError when that entry is missing."""
+        if self.ship:
+            return str(self.ship["model"])
+        return "student.int8" if "student.int8" in self.models else "student.fp32"
 
     def to_dict(self) -> dict[str, Any]:
-        head = {"schema": self.schema, "schema_version": self.schema_version}
+        head = {"schema": self.schema, "schema_version": self.schema_version, "schema_minor": self.schema_minor}
         body = {k: v for k, v in dataclasses.asdict(self).items() if k not in head}
         return {**head, **body}
 
@@ -149,8 +169,11 @@ def manifest_from_dict(raw: Any) -> Manifest:
     if not isinstance(models, dict) or not models:
         raise DeployError("manifest has no models")
     built = {key: _build(ModelEntry, value, f"models.{key}") for key, value in models.items()}
-    manifest = _build(Manifest, {**raw, "models": {}}, "manifest")
+    manifest = _build(Manifest, {**raw, "models": {}, "schema_minor": raw.get("schema_minor", 0)}, "manifest")
     manifest.models = built
+    ship = manifest.ship
+    if ship is not None and (not isinstance(ship, dict) or not isinstance(ship.get("model"), str)):
+        raise DeployError(f"manifest field 'ship' must be an object naming a model key, got {ship!r}")
     for key, entry in built.items():
         p = entry.preprocessing
         if len(p.normalization.mean) != 3 or len(p.normalization.std) != 3 or any(s <= 0 for s in p.normalization.std):

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy.predict", description=__doc__.splitlines()[0])
     p.add_argument("manifest", help="export manifest.json (or the export folder)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"manifest model key (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help="manifest model key (default: the student the export shipped, "
+                   f"manifest 'ship'; {DEFAULT_MODEL} for older manifests)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
     p.add_argument("--strict", action="store_true", help="refuse images that are not RGB of the model's input size instead of converting them")

@@ -29,6 +29,7 @@ from edgecommon.images import IMAGE_SUFFIXES, fit_image, open_image
 from deploy.manifest import DeployError, Manifest, ModelEntry, read_manifest
 
 DEFAULT_MODEL = "student.int8"
+"""The student of manifests written before ``ship`` existed; newer ones name the student to deploy (``ship``)."""
 
 
 @dataclass
@@ -96,14 +97,15 @@ def to_input(images_hwc: np.ndarray, scale: float = 1.0 / 255.0) -> np.ndarray:
 class Classifier:
     """One exported model from a manifest, hash-verified, ready to classify image files or tensors."""
 
-    def __init__(self, manifest: str | os.PathLike, model: str = DEFAULT_MODEL, threads: int | None = None,
+    def __init__(self, manifest: str | os.PathLike, model: str | None = None, threads: int | None = None,
                  strict: bool = False, verify: bool = True):
+        """``model``: a manifest key; None = the student the export chose to ship (``manifest.shipped_student``)."""
         manifest_path = Path(manifest)
         if manifest_path.is_dir():
             manifest_path = manifest_path / "manifest.json"
         self.manifest: Manifest = read_manifest(manifest_path)
-        self.key = model
-        self.entry: ModelEntry = self.manifest.entry(model)
+        self.key = model or self.manifest.shipped_student
+        self.entry: ModelEntry = self.manifest.entry(self.key)
         self.path = manifest_path.parent / self.entry.file
         self.strict = strict
         if not self.path.is_file():

@@ -2,8 +2,9 @@
 
 - ``export_onnx``: PyTorch model -> ONNX file (dynamo or TorchScript exporter), checked by ``check_io``;
 - ``simplify_onnx``: onnxsim, then ``onnx.checker``;
-- ``quantize_onnx``: ``quant_pre_process`` then static QDQ (or dynamic) int8 with onnxruntime.quantization;
-- ``accuracy_gate``: int8 vs fp32 top-1 on the test set, fails beyond a bound.
+- ``quantize_onnx``: ``quant_pre_process`` then static QDQ (or dynamic) int8 with onnxruntime.quantization, optionally
+  keeping named nodes in float and reusing a calibration cache (``deploy.fallback`` drives both);
+- ``accuracy_gate``: int8 vs fp32 top-1 on the validation images, fails beyond a bound.
 Parity (``deploy.parity``) runs between them. Steps write only to the paths they are given (a staging folder);
 ``deploy.export`` commits finished files.
 """
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from toolkit import ToolkitError
 MIN_OPSET = 17
 EXPORTERS = ("dynamo", "torchscript")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+AUTO_CALIBRATION = "auto"
+"""``QuantizeConfig.calibration``: try every method in ``CALIBRATIONS`` and keep the best on validation images
+(``deploy.fallback``); ``quantize_onnx`` itself needs one method."""
 
 
 class StepError(ToolkitError):
@@ -170,7 +174,7 @@ class QuantizeConfig:
     mode: str = "static"
     """``static`` (QDQ, calibrated) or ``dynamic`` (weights only; activations quantized at run time)."""
     calibration: str = "minmax"
-    """``minmax``, ``entropy`` or ``percentile`` (static mode)."""
+    """``minmax``, ``entropy`` or ``percentile`` (static mode); ``auto`` (export only): the best on validation."""
     calib_size: int = 512
     """Training images used for calibration."""
     calib_seed: int = 0
@@ -195,8 +199,8 @@ class QuantizeConfig:
 
         if self.mode not in ("static", "dynamic"):
             raise ToolkitError(f"quantization mode must be static or dynamic, got '{self.mode}'")
-        if self.calibration not in CALIBRATIONS:
-            raise ToolkitError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got '{self.calibration}'")
+        if self.calibration not in (*CALIBRATIONS, AUTO_CALIBRATION):
+            raise ToolkitError(f"calibration must be one of {', '.join(CALIBRATIONS)} or auto, got '{self.calibration}'")
         if self.calib_size < 1 or self.calib_batch < 1:
             raise ToolkitError(f"calib_size and calib_batch must be >= 1, got {self.calib_size}, {self.calib_batch}")
         for name in (self.activation_type, self.weight_type):
@@ -213,7 +217,8 @@ def even_batch(n: int, max_batch: int) -> int:
 
 
 class _ArrayReader:
-    """CalibrationDataReader over float32 (N, 3, H, W) in batches of ``batch`` (which should divide N)."""
+    """CalibrationDataReader over float32 (N, 3, H, W) in batches of ``batch`` (which should divide N); iterable, as
+    ``onnxruntime.quantization.qdq_loss_debug.collect_activations`` needs."""
 
     def __init__(self, x: np.ndarray, batch: int):
         self.x, self.batch = x, batch
@@ -226,37 +231,69 @@ class _ArrayReader:
     def rewind(self) -> None:
         self._it = iter([{INPUT_NAME: self.x[i:i + self.batch]} for i in range(0, len(self.x), self.batch)])
 
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.rewind()
+        return iter(self.get_next, None)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch)
+
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence ORT's quantizer: INFO/WARNING lines on the root logger and histogram progress printed to stdout."""
+def _quiet(level: int = logging.ERROR) -> Iterator[None]:
+    """Silence ORT's quantizer: lines below ``level`` on the root logger and histogram progress printed to stdout."""
     log = logging.getLogger()
-    level = log.level
-    log.setLevel(logging.ERROR)
+    previous = log.level
+    log.setLevel(level)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        log.setLevel(level)
+        log.setLevel(previous)
 
 
-def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray | None) -> StepRecord:
+def preprocess_onnx(src: Path, dst: Path, optimize: bool = True) -> None:
+    """``quant_pre_process`` (shape inference + ORT graph optimisation; a copy when not ``optimize``) into ``dst``,
+    then a name for every unnamed node (``<op>_<index>``), since ``nodes_to_exclude`` addresses nodes by name."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if optimize:
+        quant_pre_process(str(src), str(dst))
+    else:
+        shutil.copyfile(src, dst)
+    proto = onnx.load(str(dst))
+    if any(not n.name for n in proto.graph.node):
+        taken = {n.name for n in proto.graph.node}
+        for i, node in enumerate(proto.graph.node):
+            name = node.name or f"{node.op_type}_{i}"
+            while name in taken - {node.name}:
+                name += "_"
+            node.name = name
+            taken.add(name)
+        onnx.save(proto, str(dst))
+
+
+def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray | None,
+                  nodes_to_exclude: Sequence[str] = (), calibration_cache: Path | None = None,
+                  preprocessed: Path | None = None) -> StepRecord:
     """``quant_pre_process`` (shape inference + ORT graph optimisation; ``cfg.preprocess``), then static QDQ or dynamic
     int8 into ``dst``.
 
-    ``calib``: float32 (N, 3, H, W) in [0, 1] calibration images (static mode).
+    ``calib``: float32 (N, 3, H, W) in [0, 1] calibration images (static mode). ``nodes_to_exclude``: node names (of
+    the pre-processed graph) kept in float (ORT's ``nodes_to_exclude``). ``calibration_cache``: ORT's
+    ``calibration_cache_path`` (ranges computed once, reused while only the excluded nodes change).
+    ``preprocessed``: where the pre-processed model is kept and reused (None: a temporary file, removed).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg.validate()
+    if cfg.mode == "static" and cfg.calibration not in CALIBRATIONS:
+        raise StepError(f"quantize_onnx needs one calibration method ({', '.join(CALIBRATIONS)}), got '{cfg.calibration}'")
     t0 = time.perf_counter()
-    pre = dst.with_name(dst.name.replace(".onnx", ".pre.onnx"))
+    pre = preprocessed or dst.with_name(dst.name.replace(".onnx", ".pre.onnx"))
     try:
-        if cfg.preprocess:
-            quant_pre_process(str(src), str(pre))
-        else:
-            shutil.copyfile(src, pre)
+        if not (preprocessed and preprocessed.exists()):
+            preprocess_onnx(src, pre, cfg.preprocess)
         extra = {"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": cfg.weight_symmetric,
                  "QuantizeBias": cfg.quantize_bias, **cfg.extra_options}
         if cfg.mode == "static":
@@ -272,16 +309,19 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray |
                 quantize_static(str(pre), str(dst), _ArrayReader(calib.astype(np.float32), batch),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType[cfg.activation_type],
                                 weight_type=QuantType[cfg.weight_type], per_channel=cfg.per_channel,
-                                reduce_range=cfg.reduce_range, calibrate_method=method, extra_options=extra)
+                                reduce_range=cfg.reduce_range, calibrate_method=method, extra_options=extra,
+                                nodes_to_exclude=list(nodes_to_exclude),
+                                calibration_cache_path=None if calibration_cache is None else str(calibration_cache))
             else:
                 quantize_dynamic(str(pre), str(dst), weight_type=QuantType[cfg.weight_type], per_channel=cfg.per_channel,
-                                 reduce_range=cfg.reduce_range, extra_options=extra)
+                                 reduce_range=cfg.reduce_range, extra_options=extra,
+                                 nodes_to_exclude=list(nodes_to_exclude))
     except StepError:
         raise
     except Exception as exc:  # noqa: BLE001 - the quantizer raises many exception types
         raise StepError(f"int8 quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     finally:
-        if pre.exists():
+        if preprocessed is None and pre.exists():
             pre.unlink()
     check = check_io(dst, min_opset=MIN_OPSET)
     proto = onnx.load(str(dst))
@@ -291,6 +331,7 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calib: np.ndarray |
     check["op_counts"] = dict(sorted(ops.items()))
     config = asdict(cfg)
     config["onnxruntime"] = ort.__version__
+    config["nodes_to_exclude"] = list(nodes_to_exclude)
     if cfg.mode == "static" and calib is not None:
         config["calib_batch"] = even_batch(len(calib), cfg.calib_batch)
     return StepRecord("quantize", [src.name], [dst.name], config, check, time.perf_counter() - t0)
@@ -316,18 +357,24 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean() * 100)
 
 
-def accuracy_gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, max_drop: float) -> dict[str, Any]:
-    """Compare int8 with fp32 on the same images; raise GateError when ``fp32 - int8`` top-1 > ``max_drop`` points.
-
-    Returns {"fp32_top1", "int8_top1", "drop_points", "agreement", "n", "max_drop"} (accuracies in percent).
-    """
+def gate_figures(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, max_drop: float) -> dict[str, Any]:
+    """int8 vs fp32 on the same images: {"fp32_top1", "int8_top1", "drop_points", "agreement", "n", "max_drop",
+    "max_abs_logit_diff", "within"} (accuracies in percent; ``within``: finite int8 logits and drop <= ``max_drop``)."""
     fp32, int8 = top1(fp32_logits, labels), top1(int8_logits, labels)
     agreement = float((fp32_logits.argmax(1) == int8_logits.argmax(1)).mean() * 100)
-    figures = {"fp32_top1": round(fp32, 4), "int8_top1": round(int8, 4), "drop_points": round(fp32 - int8, 4),
-               "agreement": round(agreement, 4),
-               "n": int(len(labels)), "max_drop": max_drop,
-               "max_abs_logit_diff": float(np.abs(fp32_logits - int8_logits).max()) if len(labels) else 0.0}
-    if not np.isfinite(int8_logits).all() or fp32 - int8 > max_drop:
-        raise GateError(f"int8 accuracy gate failed: int8 top-1 {int8:.2f}% vs fp32 {fp32:.2f}% (drop {fp32 - int8:.2f} "
-                        f"points > allowed {max_drop:g}); agreement {agreement:.1f}% on {len(labels)} test images")
-    return figures
+    return {"fp32_top1": round(fp32, 4), "int8_top1": round(int8, 4), "drop_points": round(fp32 - int8, 4),
+            "agreement": round(agreement, 4), "n": int(len(labels)), "max_drop": max_drop,
+            "max_abs_logit_diff": float(np.abs(fp32_logits - int8_logits).max()) if len(labels) else 0.0,
+            "within": bool(np.isfinite(int8_logits).all() and fp32 - int8 <= max_drop)}
+
+
+def accuracy_gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, max_drop: float,
+                  split: str = "validation") -> dict[str, Any]:
+    """``gate_figures``, raising GateError when ``fp32 - int8`` top-1 > ``max_drop`` points or int8 logits are not
+    finite. ``split`` only names the images in the message (the export gates on validation images)."""
+    f = gate_figures(fp32_logits, int8_logits, labels, max_drop)
+    if not f["within"]:
+        raise GateError(f"int8 accuracy gate failed: int8 top-1 {f['int8_top1']:.2f}% vs fp32 {f['fp32_top1']:.2f}% "
+                        f"(drop {f['drop_points']:.2f} points > allowed {max_drop:g}); agreement {f['agreement']:.1f}% "
+                        f"on {f['n']} {split} images")
+    return f

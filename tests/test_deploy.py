@@ -1,5 +1,6 @@
 """deploy/: export + simplify + parity + int8 + gate on real models (pretrained ResNet-20 teacher, random ResNet-8
-student) and the device runtime on PNG files of real CIFAR-10 test images (the shared JPEG q75 copy)."""
+student) and the device runtime on PNG files of real CIFAR-10 test images (the shared JPEG q75 copy). The int8 budget,
+sensitivity report and fallback are tested in tests/test_int8_budget.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from deploy.export import ExportConfig, Hooks, run_export
+from deploy.fallback import Int8Config
 from deploy.manifest import DeployError, read_manifest, sha256_file
 from deploy.parity import ParityError, check_parity
 from deploy.runtime import Classifier, load_image, to_input
@@ -26,14 +28,28 @@ from toolkit.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 500
-ARTIFACTS = ("student.fp32.onnx", "student.int8.onnx", "teacher.fp32.onnx", "manifest.json")
+N_VAL = 500
+ARTIFACTS = ("student.fp32.onnx", "student.int8.onnx", "teacher.fp32.onnx", "manifest.json", "sensitivity.csv",
+             "sensitivity.png")
 _CACHE: dict[str, Path] = {}
 
 
 def small_config(**kw) -> ExportConfig:
-    """Test-sized export: 500 test images, 128 calibration images, 64 real + 32 random parity inputs."""
+    """Test-sized export: 500 test and 500 validation images, 128 calibration images, 64 real + 32 random parity
+    inputs, 32 images for the sensitivity report, a short latency check."""
     quant = QuantizeConfig(calib_size=128)
-    return ExportConfig(quantize=quant, test_subset=N_TEST, parity_images=64, parity_random=32, **kw)
+    int8 = kw.pop("int8", Int8Config(sensitivity_images=32, timing_warmup=5, timing_runs=50, timing_rounds=2))
+    return ExportConfig(quantize=quant, test_subset=N_TEST, val_subset=N_VAL, parity_images=64, parity_random=32,
+                        int8=int8, **kw)
+
+
+def val_rows(cifar10) -> torch.Tensor:
+    """The validation rows the export decides on, rebuilt here: 5000 stratified training images held out with split
+    seed 0 (the defaults of a run without config.yaml), of which a stratified 500 (seed 0)."""
+    from toolkit.data.splits import stratified_sample, train_val_split
+
+    _, val = train_val_split(cifar10.train.labels, 5000, 0)
+    return val[stratified_sample(cifar10.train.labels[val], N_VAL, 0)]
 
 
 @pytest.fixture
@@ -62,7 +78,9 @@ def test_export_writes_checked_artifacts_and_manifest(exported, cifar10):
 
     assert raw["toolkit_version"] == toolkit.__version__
     assert manifest.classes == list(cifar10.classes)
-    assert [s["step"] for s in raw["pipeline"]] == ["export", "simplify", "export", "simplify", "quantize", "accuracy_gate"]
+    assert [s["step"] for s in raw["pipeline"]] == ["export", "simplify", "export", "simplify", "quantize", "sensitivity",
+                                                   "fallback", "accuracy_gate", "latency", "test_accuracy"]
+    assert raw["schema_minor"] == 1 and raw["data"]["decisions_on"] == "validation" and raw["data"]["val_images"] == N_VAL
     x = cifar10.test.images[:N_TEST].numpy().astype(np.float32) * np.float32(1 / 255)
     y = cifar10.test.labels[:N_TEST].numpy()
     logits: dict[str, np.ndarray] = {}
@@ -93,7 +111,7 @@ def test_export_writes_checked_artifacts_and_manifest(exported, cifar10):
         parity = manifest.models[key].parity
         for stage in ("after_export", "after_simplify"):
             assert parity[stage]["max_abs_diff"] <= 1e-4 and parity[stage]["top1_mismatches"] == 0
-            assert set(parity[stage]["sets"]) == {"random", "test_images"}
+            assert set(parity[stage]["sets"]) == {"random", "val_images"}  # the test split is not read before the end
     # the teacher's ONNX accuracy is PyTorch's accuracy on the same images
     teacher = load_model("resnet20", exported / "teacher.pt")
     with torch.no_grad():
@@ -107,8 +125,8 @@ def test_export_writes_checked_artifacts_and_manifest(exported, cifar10):
     cal = manifest.calibration
     assert cal == q["calibration"] and cal["method"] == "minmax" and cal["split"] == "train" and cal["seed"] == 0
     idx = np.array(cal["indices"])
-    assert cal["size"] == 128  # the seeded draw without replacement, sorted:
-    assert np.array_equal(idx, np.sort(np.random.default_rng(0).choice(len(cifar10.train), 128, replace=False)))
+    assert cal["size"] == 128  # the seeded draw without replacement from the 45,000 training rows, sorted:
+    assert np.array_equal(idx, np.sort(np.random.default_rng(0).choice(len(cifar10.train) - 5000, 128, replace=False)))
     ops = {n.op_type for n in onnx.load(str(export_dir / int8.file)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert int8.size_bytes < 0.5 * manifest.models["student.fp32"].size_bytes
@@ -116,7 +134,20 @@ def test_export_writes_checked_artifacts_and_manifest(exported, cifar10):
     p32, p8 = logits["student.fp32"].argmax(1), logits["student.int8"].argmax(1)
     assert int8.accuracy["agreement"] == pytest.approx(float((p32 == p8).mean() * 100), abs=1e-4)
     assert int8.accuracy["drop_points"] == pytest.approx(float((p32 == y).mean() - (p8 == y).mean()) * 100, abs=1e-4)
-    assert int8.accuracy["max_drop"] == 5.0
+    assert int8.accuracy["max_drop"] == 5.0 and int8.accuracy["budget_split"] == "validation"
+    # the budget is judged on the validation rows (recomputed here), the test figures above are only reported
+    rows = val_rows(cifar10)
+    vx, vy = cifar10.train.images[rows].numpy(), cifar10.train.labels[rows].numpy()
+    v32 = onnx_logits(export_dir / "student.fp32.onnx", vx).argmax(1)
+    v8 = onnx_logits(export_dir / "student.int8.onnx", vx).argmax(1)
+    val = int8.accuracy["validation"]
+    assert val["n"] == N_VAL and val["top1"] == pytest.approx(float((v8 == vy).mean() * 100), abs=1e-4)
+    assert val["fp32_top1"] == pytest.approx(float((v32 == vy).mean() * 100), abs=1e-4)
+    assert manifest.models["student.fp32"].accuracy["validation"]["top1"] == val["fp32_top1"]
+    assert manifest.int8["accuracy"]["test"]["int8"] == int8.accuracy["top1"]
+    sens = manifest.int8["sensitivity"]
+    assert sens["images"] == 32 and sens["nodes"] > 10 and sens["file"] == "sensitivity.csv"
+    assert manifest.ship["model"] == manifest.shipped_student in ("student.int8", "student.fp32")
 
 
 def test_parity_gate_fails_on_perturbed_weights_and_leaves_nothing(pretrained_run, cifar10):
@@ -161,13 +192,17 @@ def test_int8_gate_fails_on_corrupted_int8_model(pretrained_run, cifar10):
                 init.CopyFrom(onnx.numpy_helper.from_array(np.roll(w.reshape(-1), 7).reshape(w.shape), init.name))
         return proto
 
-    cfg = small_config(export=ExportOnnxConfig(exporter="torchscript", opset=17))
+    cfg = small_config(export=ExportOnnxConfig(exporter="torchscript", opset=17),
+                       int8=Int8Config(max_float_nodes=2, sensitivity_images=16, timing_runs=10, timing_rounds=1))
     lines: list[str] = []
-    with pytest.raises(GateError, match=r"int8 top-1 .*% vs fp32 .*% \(drop .* points > allowed 0.5\); agreement"):
+    with pytest.raises(GateError, match=r"best drop .* points > allowed 0.5 \(int8 top-1 .*% vs fp32 .*%, agreement "
+                                        r".* on 500 validation images\) after keeping up to 2 node\(s\) in float"):
         run_export(pretrained_run, cfg, data=cifar10, hooks=Hooks(after_quantize=scramble), log=lines.append)
     assert any("int8" in s and "agreement" in s for s in lines)  # both accuracies printed
+    assert sum(s.startswith("fallback step") for s in lines) == 2  # every conv scrambled: two float nodes do not help
     assert any("opset 17" in s for s in lines)
     assert leftovers(pretrained_run / "export") == []
+    assert leftovers(pretrained_run / "export.rejected") == ["int8.json", "sensitivity.csv", "sensitivity.png"]
 
 
 def test_gate_bound_applies_to_real_int8_logits(exported, cifar10):
@@ -381,6 +416,7 @@ def test_run_data_of_synthetic_run_is_the_runs_own_test_set(tmp_path):
     data = load_run_data(yaml.safe_load((root / "config.yaml").read_text()))
     # 12 per class -> 12 // 4 = 3 test images per class, drawn with the split seed (5), not the run seed (3)
     assert len(data.test) == len(used.test) == 30
+    assert torch.equal(data.val.images, used.val.images) and len(data.val) == 20  # the rows int8 decisions use
     assert torch.equal(data.test.images, used.test.images) and torch.equal(data.test.labels, used.test.labels)
     assert torch.equal(data.test.images, make_synthetic(12, 3, seed=5).test.images)
     # calibration draws from the run's training rows: 120 - 20 held out for validation
@@ -405,7 +441,8 @@ def test_export_of_synthetic_run_evaluates_the_runs_test_set(tmp_path):
     with torch.no_grad():
         expect = float((teacher(x.float() / 255).argmax(1).numpy() == y).mean() * 100)
     for key in ("student.fp32", "student.int8", "teacher.fp32"):
-        assert manifest.models[key].accuracy["n"] == 30
+        assert manifest.models[key].accuracy["n"] == 30 and manifest.models[key].accuracy["split"] == "test"
+    assert manifest.models["student.int8"].accuracy["validation"]["n"] == 20  # the run's own validation rows
     assert manifest.models["teacher.fp32"].accuracy["top1"] == pytest.approx(expect, abs=1e-4)
     assert manifest.models["student.fp32"].accuracy["top1"] == pytest.approx(10.0)  # class 3: 3 of 30 images
     assert manifest.models["student.int8"].accuracy["drop_points"] == pytest.approx(0.0)

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from deploy.manifest import (
-    SCHEMA, DeployError, Manifest, ModelEntry, Normalization, Preprocessing, TensorSpec, manifest_from_dict,
-    read_manifest, sha256_file,
+    SCHEMA, SCHEMA_MINOR, DeployError, Manifest, ModelEntry, Normalization, Preprocessing, TensorSpec,
+    manifest_from_dict, read_manifest, sha256_file,
 )
 
 
@@ -43,6 +43,8 @@ def test_roundtrip_through_json(tmp_path):
     (lambda d: d["models"]["student.fp32"].update(file="../evil.onnx"), "plain name"),
     (lambda d: d["models"]["student.fp32"].update(input=[1, 2]), "must be an object"),
     (lambda d: d.update(models={}), "no models"),
+    (lambda d: d.update(ship={"reason": "fast"}), "'ship' must be an object naming a model key"),
+    (lambda d: d.update(ship="student.fp32"), "'ship' must be an object naming a model key"),
 ])
 def test_malformed_manifests_give_one_line_errors(mutate, message):
     d = make_manifest().to_dict()
@@ -50,6 +52,30 @@ def test_malformed_manifests_give_one_line_errors(mutate, message):
     with pytest.raises(DeployError, match=message) as err:
         manifest_from_dict(d)
     assert "\n" not in str(err.value)
+
+
+def test_minor_revisions_read_both_ways():
+    """Minor 1 adds optional ``ship`` and ``int8``; a minor-0 manifest (written before them) still reads, and a
+    reader ignores fields a later minor adds."""
+    m = make_manifest()
+    m.ship, m.int8 = {"model": "student.fp32", "reason": "int8 is no faster"}, {"decisions_on": "validation"}
+    d = m.to_dict()
+    assert d["schema_minor"] == SCHEMA_MINOR == 1 and list(d)[:3] == ["schema", "schema_version", "schema_minor"]
+    back = manifest_from_dict(json.loads(json.dumps(d)))
+    assert back == m and back.shipped_student == "student.fp32"
+    old = make_manifest().to_dict()
+    for key in ("schema_minor", "ship", "int8"):
+        old.pop(key)
+    read = manifest_from_dict(old)
+    assert (read.schema_minor, read.ship, read.int8) == (0, None, None)
+    assert read.shipped_student == "student.fp32"  # a minor-0 manifest without int8: the only student
+    old["models"]["student.int8"] = dict(old["models"]["student.fp32"], file="student.int8.onnx", precision="int8")
+    assert manifest_from_dict(old).shipped_student == "student.int8"  # minor 0 shipped int8
+    gone = manifest_from_dict(dict(d, ship={"model": "student.int8", "reason": "r"}))  # names a missing entry:
+    with pytest.raises(DeployError, match="'student.int8' not in manifest"):  # refused where it is used
+        gone.entry(gone.shipped_student)
+    later = dict(d, schema_minor=7, some_future_field={"x": 1})
+    assert manifest_from_dict(later).schema_minor == 7
 
 
 def test_read_manifest_errors(tmp_path):

@@ -193,3 +193,70 @@ def test_mismatched_head_refused_then_reset(tmp_path):
     cfg = build_config("folder", overrides=folder_overrides(tmp_path, train_dir, **over, **{"teacher.reset_head": "true"}))
     summary = run_distill(cfg, "head", runs_dir=tmp_path / "runs", stages=["teacher"])
     assert summary["teacher"]["checkpoint"] == "teacher.pt"
+
+
+@pytest.mark.slow
+def test_study_runs_on_an_image_folder(tmp_path):
+    """The paper's studies take a folder run as they take CIFAR-10 (here the smoke ablation, 2 configurations)."""
+    from toolkit.cli import main
+
+    photos = make_image_folder(tmp_path / "photos", per_class=10, corrupt=False)
+    out = tmp_path / "study"
+    rc = main(["experiment", "ablation", "--scale", "smoke", "--preset", "folder", "--out", str(out),
+               f"data.train_dir={photos}", f"data.image_size={SIZE}", f"data.cache_dir={tmp_path / 'cache'}",
+               "teacher.mode=scratch", "teacher.epochs=1", "teacher.model=torchvision:mobilenet_v3_small",
+               "student.model=truncate:6", "data.train_subset=1.0", "data.val_size=6", "data.test_size=6",
+               "data.test_subset=null", "progress=false"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["configuration"] for r in rows) == ["KD_IG", "KD_IG", "Student", "Student"]
+    assert all(r["test_n"] == 6 if "test_n" in r else True for r in rows)
+    report = (out / "report.md").read_text()
+    assert f"({len(CLASSES)} classes, {SIZE} px)" in report and "truncate:6:torchvision:mobilenet_v3_small" in report
+
+
+@pytest.mark.parametrize("case", ["empty_class", "no_classes", "corrupt", "test_classes_differ"])
+def test_bad_folders_are_one_line_errors_from_the_cli(tmp_path, case):
+    photos = make_image_folder(tmp_path / "photos", per_class=5, corrupt=case == "corrupt")
+    extra = []
+    if case == "empty_class":
+        (photos / "zebra").mkdir()
+        expect = "zebra"
+    elif case == "no_classes":
+        photos = tmp_path / "flat"
+        photos.mkdir()
+        Image.new("RGB", (8, 8)).save(photos / "a.png")
+        expect = "flat"
+    elif case == "corrupt":
+        expect = "broken.jpg"
+    else:
+        other = make_image_folder(tmp_path / "other", per_class=2, corrupt=False)
+        (other / "cat").rename(other / "lion")
+        extra = [f"data.test_dir={other}"]
+        expect = "lion"
+    cmd = [sys.executable, "-m", "toolkit", "distill", "--preset", "folder", "--run", "bad", "--runs-dir",
+           str(tmp_path / "runs"), f"data.train_dir={photos}", "data.image_size=24",
+           f"data.cache_dir={tmp_path / 'cache'}", "progress=false", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
+    assert expect in r.stderr
+    if case == "corrupt":  # the split holding the broken file left nothing behind; finished splits are valid entries
+        assert len(list((tmp_path / "cache").glob("*.npy"))) < 3 and not list((tmp_path / "cache").glob("*.tmp*"))
+
+
+def test_ig_cost_is_printed_before_the_maps_at_the_runs_size(tmp_path, capsys):
+    from toolkit.pipeline import run_distill
+
+    photos = make_image_folder(tmp_path / "photos", per_class=4, corrupt=False)
+    cfg = build_config("folder", overrides=folder_overrides(
+        tmp_path, photos, **{"teacher.epochs": "0", "teacher.model": "torchvision:mobilenet_v3_small",
+                             "student.model": "truncate:9", "data.val_size": "2", "data.test_size": "2"}))
+    run_distill(cfg, "ig", runs_dir=tmp_path / "runs", stages=["teacher", "ig"])
+    out = capsys.readouterr().out
+    assert "IG maps: 8 images x 4 steps x" in out and "TFLOP; expected about" in out
+    from toolkit.attribution.cache import read_ig_cache
+
+    _, maps = read_ig_cache(tmp_path / "runs" / "ig" / "ig")
+    assert tuple(maps.shape) == (8, SIZE, SIZE)
+    run_distill(cfg, "ig", runs_dir=tmp_path / "runs", stages=["teacher", "ig"])
+    assert "IG maps:" not in capsys.readouterr().out  # a finished cache: nothing to estimate

@@ -251,8 +251,7 @@ def prepare_ig_maps(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: Pr
     from toolkit.attribution.cache import load_or_compute_ig_maps
 
     device, precision = _device_and_precision(cfg, device)
-    show = cfg.progress if progress is None else progress
-    if show and current().is_main:
+    if current().is_main:
         _print_ig_estimate(cfg, run, teacher, data, device, precision)
     return load_or_compute_ig_maps(run.ig_dir, teacher.to(device), cfg.teacher.model, data.train.images, data.train.labels,
                                    data.train_index, data.data_key, cfg.ig, device, precision,
@@ -277,14 +276,14 @@ def _print_ig_estimate(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data:
     head = (f"IG maps: {n:,} images x {cfg.ig.steps} steps x {mflops:.1f} teacher MFLOPs (x3 forward+backward) = "
             f"{total_tflop:.2f} TFLOP")
     if current().world_size > 1:  # compute_ig_maps is collective under DDP: no single-rank probe
-        print(head)
+        print(head, flush=True)
         return
     probe = min(n, max(2, cfg.ig.batch_size))
     t0 = time.perf_counter()
     compute_ig_maps(teacher, data.train.images[:probe], data.train.labels[:probe], cfg.ig, device, precision, progress=False)
     per_image = (time.perf_counter() - t0) / probe
     print(f"{head}; expected about {per_image * n / 60:.1f} min on {device} "
-          f"(measured {1 / per_image:.1f} img/s on {probe} images)")
+          f"(measured {1 / per_image:.1f} img/s on {probe} images)", flush=True)
 
 
 def cached_teacher_logits(teacher: nn.Module, data: PreparedData, device: torch.device, precision: str) -> torch.Tensor:
