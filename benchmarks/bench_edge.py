@@ -30,7 +30,7 @@ from benchmarks.edge_latency import OrtSettings, ort_session, torch_callable, to
 from edgecommon.timing import TimingPlan, fixed_input, ort_callable, summarize, time_interleaved
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
-from toolkit.runs import open_run
+from toolkit.runs import open_run, resolve_run
 
 REPORT_SCHEMA = "edge-distill-bench-report"
 ORT_ROLES = ("teacher.fp32", "student.fp32", "student.int8")
@@ -245,6 +245,8 @@ def _aarch64(cfg: BenchConfig, export: ExportInfo, logits: dict, images: np.ndar
                          open_run(cfg.run).bench_dir / "aarch64", counts, tgt)
     if result["status"] != "ok":
         print(f"warning: aarch64 check {result['status']}: {result['message']}", file=sys.stderr)
+    else:
+        print(f"  aarch64 verdict: {'PASS' if result['passed'] else 'FAIL'} (" + "; ".join(f"{k} {r['check']}: {'pass' if r['passed'] else 'FAIL'}, agreement {r['prediction_agreement']:.2f}%" for k, r in result["models"].items()) + ")", flush=True)
     return result
 
 
@@ -306,7 +308,8 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_edge", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run folder, e.g. runs/demo (reads export/, teacher.pt, summary.json)")
+    p.add_argument("--run", required=True, help="run name (runs/<name>) or run folder, e.g. demo or runs/demo "
+                   "(reads export/, teacher.pt, summary.json)")
     p.add_argument("--batches", help="comma-separated batch sizes (default 1,8,64; quick 1,8)")
     p.add_argument("--threads", help="comma-separated intra-op thread counts (default 1,2; quick 1)")
     g = p.add_mutually_exclusive_group()
@@ -331,7 +334,7 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: toolkit.data search order)")
     args = p.parse_args(argv)
 
-    run = Path(args.run)
+    run = resolve_run(args.run)
     quick = args.quick
     if not quick and (run / "summary.json").is_file():
         try:

@@ -43,7 +43,7 @@ from toolkit.data import Cifar10
 from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_model
 from toolkit.pipeline import PreparedData
-from toolkit.runs import RunFolder, open_run
+from toolkit.runs import RunFolder, open_run, resolve_run
 
 STAGING_PREFIX = ".staging-"
 
@@ -298,7 +298,7 @@ def _commit(staging: Path, export_dir: Path, files: list[str], manifest: dict, s
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy.export", description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="run folder, e.g. runs/<name>")
+    p.add_argument("--run", required=True, help="run name (runs/<name>) or run folder path")
     p.add_argument("--calibration", choices=(*CALIBRATIONS, AUTO_CALIBRATION), default="minmax",
                    help="calibration method; auto: each one, the best on validation (default minmax)")
     p.add_argument("--calib-size", type=int, default=512, help="training images for calibration (default 512)")
@@ -338,11 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
     )
     try:
-        manifest = run_export(args.run, cfg, log=lambda s: print(s, file=sys.stderr))
-    except (ToolkitError, DeployError) as exc:
+        run_dir = resolve_run(args.run)
+        manifest = run_export(run_dir, cfg, log=lambda s: print(s, file=sys.stderr))
+    except (ToolkitError, DeployError) as exc:  # bad input, a failed check or gate: one line, exit 2 (as toolkit)
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    out = Path(args.run) / "export"
+        return 2
+    out = run_dir / "export"
     for key, e in manifest.models.items():
         val = e.accuracy.get("validation", {}).get("top1")
         print(f"{out / e.file}: {e.size_bytes / 1024:.0f} KiB, top-1 {e.accuracy['top1']:.2f}% test"

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds = time_rounds(fns, plan, args.rounds)
     except ToolkitError as exc:  # DeployError is one
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"# {platform.processor() or platform.machine()}, batch {args.batch}, {args.threads} thread(s), "
           f"{args.repeats} runs x {args.rounds} rounds; median of per-round p50, ms per batch")
     for key, per_round in rounds.items():

@@ -1,7 +1,8 @@
 """Classify image files with an exported model: ``python -m deploy.predict manifest.json img.png [more|folder]``.
 
 Prints one line per image (``path: label prob, label prob, ...``) or JSON with ``--json``. Needs only numpy,
-onnxruntime and Pillow. Errors print one ``error: ...`` line to stderr and exit 1.
+onnxruntime and Pillow. Errors print one ``error: ...`` line to stderr and exit 2. The first image that is not of the
+model's input size gets one ``note:`` line on stderr saying how it is resized (e.g. a 640x480 photo becomes 32x32).
 """
 
 from __future__ import annotations
@@ -27,14 +28,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resize_note(clf: Classifier):
+    """An ``on_resize`` hook printing one stderr note, the first time an image is resized, then nothing."""
+    done = []
+
+    def note(path: str, size: tuple[int, int]) -> None:
+        if not done:
+            done.append(path)
+            h, w = clf.size
+            print(f"note: {path} is {size[0]}x{size[1]} px; the model takes {w}x{h}, so images of another size are "
+                  f"resized: {clf.entry.preprocessing.resize} (said once; --strict refuses them instead)",
+                  file=sys.stderr)
+    return note
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         clf = Classifier(args.manifest, args.model, threads=args.threads, strict=args.strict)
+        clf.on_resize = _resize_note(clf)
         preds = clf.predict_files(expand_images(args.images), k=args.top_k)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2))
     else:

@@ -34,7 +34,7 @@ from edgecommon.hashing import sha256_file
 from edgecommon.timing import TimingPlan, fixed_input, ort_callable, percentile, time_rounds
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
-from toolkit.runs import RunFolder, open_run
+from toolkit.runs import RunFolder, open_run, resolve_run
 
 QAT_FILE = "student.qat.int8.onnx"
 REPORT_FILE = "qat.json"
@@ -119,10 +119,14 @@ def load_run_config(run: RunFolder):
 
 def run_qat(run_path: str | os.PathLike, epochs: int = 3, lr: float | None = None, threads: int = 1,
             repeats: int = 300, rounds: int = 5, compare: dict[str, Path] | None = None, progress: bool | None = None,
-            max_epochs_this_call: int | None = None, command: str = "", log: Callable[[str], None] = print
-            ) -> dict[str, Any]:
+            max_epochs_this_call: int | None = None, ptq_reference: str = "ptq_int8", command: str = "",
+            log: Callable[[str], None] = print) -> dict[str, Any]:
     """QAT-fine-tune the run's student, export and check ``export/student.qat.int8.onnx``; returns the report that is
-    also written to ``export/qat.json`` (``{"finished": False, ...}`` when stopped early by ``max_epochs_this_call``)."""
+    also written to ``export/qat.json`` (``{"finished": False, ...}`` when stopped early by ``max_epochs_this_call``).
+
+    Compared: ``fp32`` (export/student.fp32.onnx), ``ptq_int8`` (export/student.int8.onnx, the export's int8 as
+    shipped: with float fallback where the export needed it), ``compare`` (name -> ONNX file) and ``qat_int8``;
+    the fused-kernel verdict is QAT's latency against ``ptq_reference``."""
     from toolkit.distill.qat import convert_qat_model, train_qat_student
     from toolkit.evaluate import predict_logits
     from toolkit.device import select_device
@@ -174,9 +178,10 @@ def run_qat(run_path: str | os.PathLike, epochs: int = 3, lr: float | None = Non
         row["optimized_ops"] = kernel_summary(optimized_op_counts(path))
         models[key] = row
     fused = None
-    if "ptq_int8" in latency:
-        ratio = latency["qat_int8"]["p50_ms"] / latency["ptq_int8"]["p50_ms"]
-        fused = {"latency_ratio_vs_ptq": round(ratio, 4), "within_10pct_of_ptq": bool(ratio <= FUSED_SLACK)}
+    if ptq_reference in latency:
+        ratio = latency["qat_int8"]["p50_ms"] / latency[ptq_reference]["p50_ms"]
+        fused = {"reference": ptq_reference, "latency_ratio_vs_ptq": round(ratio, 4),
+                 "within_10pct_of_ptq": bool(ratio <= FUSED_SLACK)}
     report = {"file": QAT_FILE, "run": str(run.root), "command": command, "cpu": cpu_model(), "threads": threads,
               "timing": {"batch": 1, "threads": threads, "repeats_per_round": repeats, "rounds": rounds,
                          "statistic": "median of per-round p50 (ms)", "timer": "edgecommon.timing.time_rounds"},
@@ -209,11 +214,12 @@ def verdict(report: dict[str, Any]) -> str:
     if report.get("fused_int8"):
         f = report["fused_int8"]
         parts.append(("fused int8 kernels" if f["within_10pct_of_ptq"] else "NOT within 10% of PTQ int8 latency")
-                     + f" (x{f['latency_ratio_vs_ptq']:.2f} of PTQ)")
-    if "fp32" in m and "ptq_int8" in m:
-        loss = m["fp32"]["val_top1"] - m["ptq_int8"]["val_top1"]
-        gain = m["qat_int8"]["val_top1"] - m["ptq_int8"]["val_top1"]
-        parts.append(f"PTQ loses {loss:.2f} val points; QAT {gain:+.2f} vs PTQ"
+                     + f" (x{f['latency_ratio_vs_ptq']:.2f} of {f['reference']})")
+    ref = (report.get("fused_int8") or {}).get("reference", "ptq_int8")
+    if "fp32" in m and ref in m:
+        loss = m["fp32"]["val_top1"] - m[ref]["val_top1"]
+        gain = m["qat_int8"]["val_top1"] - m[ref]["val_top1"]
+        parts.append(f"{ref} loses {loss:.2f} val points; QAT {gain:+.2f} vs it"
                      + (f" ({100 * gain / loss:.0f}% of the loss recovered)" if loss > 0 else ""))
     return "; ".join(parts)
 
@@ -243,6 +249,57 @@ def qat_artifact(run_path: str | os.PathLike) -> dict[str, Any]:
             "parity_vs_fake_quant": report["parity_vs_fake_quant"]}
 
 
+MANIFEST_KEY = "student.qat.int8"
+
+
+def record_in_manifest(run_path: str | os.PathLike, log: Callable[[str], None] = print) -> str:
+    """Add the QAT model to ``export/manifest.json`` as ``student.qat.int8`` (input, output and preprocessing of the
+    exported student) and ship it when it meets the export's budget: validation drop vs fp32 within ``int8.max_drop``
+    and at least ``int8.latency.min_speedup`` faster than fp32 at batch 1 (both measured side by side in qat.json).
+    Returns the shipped model key. The manifest is rewritten atomically and read back through its schema check."""
+    import json
+
+    from deploy.manifest import MANIFEST_NAME, read_manifest
+
+    export_dir = open_run(run_path).export_dir
+    path = export_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ToolkitError(f"{path} missing: export the run first (make export RUN=...)")
+    manifest = json.loads(path.read_text())
+    artifact = qat_artifact(run_path)
+    report = json.loads((export_dir / REPORT_FILE).read_text())
+    base = dict(manifest["models"]["student.fp32"])
+    acc = artifact["accuracy"]
+    models = report["models"]
+    fp32_val = models["fp32"]["val_top1"] if "fp32" in models else None
+    base.update(file=artifact["file"], sha256=artifact["sha256"], size_bytes=artifact["size_bytes"], precision="int8",
+                quantization=artifact["quantization"], exporter="dynamo (torchao PT2E QAT, converted)",
+                accuracy={"top1": acc["test_top1"], "split": "test", "n": manifest.get("data", {}).get("test_images"),
+                          "runtime": "onnxruntime CPU", "validation": {"top1": acc["val_top1"],
+                                                                      "drop_points": None if fp32_val is None
+                                                                      else round(fp32_val - acc["val_top1"], 4)},
+                          "agreement_with_fp32": {"val": acc["val_agreement_with_fp32"],
+                                                  "test": acc["test_agreement_with_fp32"]}},
+                parity={"vs_fake_quant": artifact["parity_vs_fake_quant"]})
+    manifest["models"][MANIFEST_KEY] = base
+    int8 = manifest.get("int8") or {}
+    budget = int8.get("max_drop", 0.5)
+    need = (int8.get("latency") or {}).get("min_speedup", 1.05)
+    drop = base["accuracy"]["validation"]["drop_points"]
+    speedup = (models["fp32"]["latency_b1_ms"]["p50_ms"] / models["qat_int8"]["latency_b1_ms"]["p50_ms"]
+               if "fp32" in models else 0.0)
+    if drop is not None and drop <= budget and speedup >= need:
+        manifest["ship"] = {"model": MANIFEST_KEY, "reason": f"QAT int8: validation drop {drop:.2f} points (budget "
+                            f"{budget:g}), {speedup:.2f}x faster than fp32 at batch 1"}
+    else:
+        why = (f"validation drop {drop:.2f} points vs budget {budget:g}" if drop is not None and drop > budget
+               else f"{speedup:.2f}x fp32 speed at batch 1, below the {need:g}x required")
+        log(f"QAT int8 recorded in the manifest, not shipped: {why}; shipping {(manifest.get('ship') or {}).get('model')}")
+    atomic_write_json(path, manifest)
+    read_manifest(path)  # the rewritten manifest passes the schema check
+    return manifest.get("ship", {}).get("model", "")
+
+
 def _print_table(report: dict[str, Any]) -> None:
     print(f"{'model':<12} {'val %':>7} {'test %':>7} {'agree val/test':>15} {'b1 ms':>7} {'KiB':>7}  ORT int/float")
     for key, m in report["models"].items():
@@ -255,7 +312,7 @@ def _print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.qat", description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="a finished run folder, e.g. runs/<name>")
+    p.add_argument("--run", required=True, help="a finished run: its name (runs/<name>) or its folder")
     p.add_argument("--epochs", type=int, default=3, help="QAT epochs (default 3)")
     p.add_argument("--lr", type=float, default=None, help="QAT learning rate (default: the student's LR / 50)")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads for the latency (default 1)")
@@ -263,25 +320,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--compare", action="append", default=[], metavar="NAME=FILE",
                    help="another ONNX model to put in the side-by-side (e.g. ptq_fallback=runs/x/export/y.onnx)")
+    p.add_argument("--ptq-reference", default="ptq_int8",
+                   help="the model QAT's latency is held against (default ptq_int8: export/student.int8.onnx)")
+    p.add_argument("--fresh", action="store_true", help="discard an earlier QAT stage (qat_student.pt/.ckpt) first")
     p.add_argument("--max-epochs-this-call", type=int, default=None, help="stop after this many epochs (resumable)")
     args = p.parse_args(argv)
     try:
+        args.run = str(resolve_run(args.run))
         compare = {}
         for item in args.compare:
             name, sep, file = item.partition("=")
             if not sep or not name or not Path(file).is_file():
                 raise ToolkitError(f"--compare wants NAME=FILE with an existing file, got '{item}'")
             compare[name] = Path(file)
+        if args.fresh:
+            for name in ("qat_student.pt", "qat_student.ckpt"):
+                (open_run(args.run).root / name).unlink(missing_ok=True)
         report = run_qat(args.run, args.epochs, args.lr, args.threads, args.repeats, args.rounds, compare,
-                         max_epochs_this_call=args.max_epochs_this_call,
+                         max_epochs_this_call=args.max_epochs_this_call, ptq_reference=args.ptq_reference,
                          command=" ".join(["python -m deploy.qat", *(argv if argv is not None else sys.argv[1:])]),
                          log=lambda s: print(s, file=sys.stderr))
-    except ToolkitError as exc:
+    except ToolkitError as exc:  # bad input or a failed check: one line, exit 2 (as every toolkit command)
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if report.get("finished"):
         _print_table(report)
         print(Path(args.run) / "export" / REPORT_FILE)
+        if (open_run(args.run).export_dir / "manifest.json").is_file():
+            try:
+                shipped = record_in_manifest(args.run, log=lambda s: print(s, file=sys.stderr))
+            except ToolkitError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"manifest: {MANIFEST_KEY} recorded; ship {shipped}")
     return 0
 
 

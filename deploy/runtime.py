@@ -62,12 +62,17 @@ def create_session(path: str | os.PathLike, threads: int | None = None) -> ort.I
         raise DeployError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def load_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32), strict: bool = False) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3) of ``size`` (height, width), following the module's rules."""
+def load_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32), strict: bool = False,
+               on_resize=None) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3) of ``size`` (height, width), following the module's rules.
+
+    ``on_resize(path, (width, height))``, when given, is called before an image of another size is resized."""
     try:
         img = open_image(path)
     except ToolkitError as exc:
         raise DeployError(str(exc)) from None
+    if on_resize is not None and not strict and img.size != (size[1], size[0]):
+        on_resize(str(path), img.size)
     return prepare_image(img, size, strict, name=str(path))
 
 
@@ -108,6 +113,8 @@ class Classifier:
         self.entry: ModelEntry = self.manifest.entry(self.key)
         self.path = manifest_path.parent / self.entry.file
         self.strict = strict
+        self.on_resize = None
+        """``on_resize(path, (width, height))``: called for each image that is resized (``deploy.predict`` notes the first)."""
         if not self.path.is_file():
             raise DeployError(f"model file missing: {self.path} (listed in {manifest_path})")
         if verify:
@@ -131,7 +138,7 @@ class Classifier:
 
     def preprocess_files(self, paths: list[str | os.PathLike]) -> np.ndarray:
         """Image files -> float32 (N, 3, H, W) following the manifest's preprocessing."""
-        return to_input(np.stack([load_image(p, self.size, self.strict) for p in paths]), self.scale)
+        return to_input(np.stack([load_image(p, self.size, self.strict, self.on_resize) for p in paths]), self.scale)
 
     def top_k(self, logits: np.ndarray, sources: list[str], k: int = 3) -> list[Prediction]:
         if k < 1:

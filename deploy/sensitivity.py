@@ -196,5 +196,5 @@ def _plot(rows: list[NodeSensitivity], path: Path, kept: set[str], title: str) -
     ax1.invert_yaxis()
     fig.suptitle(f"{title}: most sensitive first" + ("; orange: kept in float" if kept else ""), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

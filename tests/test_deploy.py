@@ -231,11 +231,12 @@ def test_gate_bound_applies_to_real_int8_logits(exported, cifar10):
 def test_export_cli_errors_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "deploy.export", "--run", str(tmp_path / "nope")], cwd=REPO_ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [f"error: run folder not found: {tmp_path / 'nope'}"]
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: run folder not found: {tmp_path / 'nope'}")
     (tmp_path / "r").mkdir()
     r = subprocess.run([sys.executable, "-m", "deploy.export", "--run", str(tmp_path / "r")], cwd=REPO_ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.startswith("error: ") and "summary.json missing" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "summary.json missing" in r.stderr
 
 
 # ---------------------------------------------------------------- runtime
@@ -291,20 +292,20 @@ def test_predict_cli_on_folder_and_one_line_errors(exported, cifar10, tmp_path):
 
     (tmp_path / "notes.png").write_text("not an image")
     r = predict_cli(export_dir / "manifest.json", tmp_path / "notes.png")
-    assert r.returncode == 1 and r.stderr.strip() == f"error: {tmp_path / 'notes.png'} is not an image Pillow can read"
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'notes.png'} is not an image Pillow can read"
 
     model = export_dir / "student.int8.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     r = predict_cli(export_dir / "manifest.json", tmp_path / "png")
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "fails its sha256 check" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "fails its sha256 check" in r.stderr
     r = predict_cli(export_dir, tmp_path / "png", "--model", "teacher.fp32")  # other entries still load
     assert r.returncode == 0, r.stderr
 
     model.unlink()
     r = predict_cli(export_dir / "manifest.json", tmp_path / "png")
-    assert r.returncode == 1 and r.stderr.startswith("error: model file missing")
+    assert r.returncode == 2 and r.stderr.startswith("error: model file missing")
     with pytest.raises(DeployError, match="not in manifest"):
         Classifier(export_dir, "student.fp16")
 

@@ -142,7 +142,7 @@ def test_deploy_latency_times_every_model_in_rounds(tmp_path, capsys):
     for line in rows.values():
         per_round = [float(v) for v in line.split("rounds: ")[1].rstrip(")").split(", ")]
         assert len(per_round) == 3 and float(line.split()[2]) == pytest.approx(np.median(per_round), abs=1e-3)
-    assert latency.main([str(export), "--repeats", "0"]) == 1
+    assert latency.main([str(export), "--repeats", "0"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: timing plan needs")
 
 

@@ -298,7 +298,7 @@ def test_export_cli_budget_miss_and_allowance(tmp_path):
             "--calib-size", "32", "--max-drop", "-1", "--max-float-nodes", "1", "--sensitivity-images", "8"]
     r = subprocess.run(base, cwd=REPO_ROOT, capture_output=True, text=True)
     errors = [s for s in r.stderr.splitlines() if s.startswith("error")]
-    assert r.returncode == 1 and len(errors) == 1 and errors[0].startswith("error: int8 misses the validation budget")
+    assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: int8 misses the validation budget")
     assert (root / "export.rejected" / "sensitivity.csv").is_file() and not (root / "export" / "manifest.json").exists()
     r = subprocess.run(base + ["--allow-budget-miss"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

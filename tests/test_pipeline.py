@@ -40,6 +40,11 @@ def test_smoke_run_writes_the_run_folder_contract(smoke_run):
     assert s["compression_factor"] == pytest.approx(269_722 / 75_290, abs=0.01)
     assert s["teacher"]["test_acc"] > 85  # fine-tuned pretrained ResNet-20 on 1,000 test images
     assert "distillation gain" in r.stdout
+    assert "smoke preset: figures are not meaningful, the run only proves the chain works" in r.stdout
+    assert "student vs teacher:" in r.stdout and s["comparison"]["meaningful"] is False
+    assert s["comparison"]["student_minus_teacher_points"] == pytest.approx(s["student"]["test_acc"] - s["teacher"]["test_acc"], abs=0.01)
+    assert ("WARNING" in r.stdout) == (s["student"]["test_acc"] < s["baseline"]["test_acc"])
+    assert "--save-examples: wrote the picture" in r.stdout and "overlay_examples.png" in r.stdout
     stages = {json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()}
     assert stages == {"teacher", "student", "baseline"}
 

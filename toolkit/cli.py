@@ -34,12 +34,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     width = max(22, *(len(r["name"]) for r in rows))
     fam_width = max(18, *(len(r["family"]) for r in rows))
-    header = (f"{'name':<{width}} {'family':<{fam_width}} {'params':>11} {'CF':>9} {'MFLOPs':>9} {'fp32 MB':>8}  "
-              "AT layers")
+    cf_head = f"CF vs {teacher}" if teacher else "CF vs family teacher"
+    cf_width = max(9, len(cf_head))
+    header = (f"{'name':<{width}} {'family':<{fam_width}} {'params':>11} {cf_head:>{cf_width}} {'MFLOPs':>9} "
+              f"{'fp32 MB':>8}  AT layers")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<{width}} {r['family']:<{fam_width}} {r['params']:>11,} {r['compression_factor']:>8.2f}x "
+        print(f"{r['name']:<{width}} {r['family']:<{fam_width}} {r['params']:>11,} {r['compression_factor']:>{cf_width - 1}.2f}x "
               f"{r['mflops']:>9.1f} {r['fp32_mb']:>8.2f}  {','.join(r['at_layers']) or '-'}")
     versus = f"{teacher}" if teacher else "the family's teacher (mobilenetv2_cifar, resnet56)"
     print(f"\nCF = parameters of {versus} / parameters of the model; MFLOPs per {size}x{size} image forward "
@@ -83,7 +85,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from toolkit.config import build_config
     from toolkit.pipeline import run_distill
 
-    cfg = build_config(args.preset, args.config, args.overrides)
+    config_file = args.config_file
+    if args.config_legacy:
+        if config_file:
+            raise ToolkitError("give the YAML file once, with --config-file (--config is its old name)")
+        print("note: --config is now --config-file (the YAML file); --configuration is KD_IG etc.", file=sys.stderr)
+        config_file = args.config_legacy
+    cfg = build_config(args.preset, config_file, args.overrides)
+    if args.data_dir:  # the same as data.data_dir=DIR, without YAML reading the path
+        cfg.data.data_dir = args.data_dir
     if args.configuration:
         from toolkit.config import canonical_configuration
 
@@ -134,17 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("distill", help="teacher -> IG maps -> distilled student (-> baseline student), into runs/<name>/")
-    p.add_argument("--preset", default="cpu", help="smoke, cpu or paper (toolkit/presets/*.yaml)")
+    p = sub.add_parser("distill", help="teacher -> IG maps -> distilled student (-> baseline student), into runs/<name>/",
+                       description="Teacher -> IG maps -> distilled student -> baseline student, into RUNS_DIR/<run>/. "
+                       "Cost: the default cpu preset takes about 35 min on a quiet 2-core CPU (measured: 33 min of "
+                       "stages, README 'Results measured here'); --preset smoke takes under 2 min. Rerunning the "
+                       "same command resumes from the last checkpoint.")
+    p.add_argument("--preset", default="cpu", help="smoke (< 2 min), cpu (default, ~35 min on 2 cores), paper (a GPU "
+                   "job) or folder (toolkit/presets/*.yaml)")
     p.add_argument("--run", "--name", dest="run", default=None,
-                   help="run name (default: <preset>-<configuration>); use --name under torchrun, which claims --run")
+                   help="run name: writes RUNS_DIR/<run>/ (default: <preset>-<configuration>, e.g. cpu-KD_IG, the same "
+                   "rule as make without RUN=); use --name under torchrun, which claims --run")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--config", default=None, help="YAML file merged over the preset")
-    p.add_argument("--configuration", default=None, help="Student, KD, IG, AT, KD_IG, KD_AT, IG_AT or KD_IG_AT")
-    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in the run folder and start over")
-    p.add_argument("--stages", default=None, help="comma-separated subset of teacher,ig,student,baseline")
+    p.add_argument("--config-file", default=None, metavar="YAML", help="YAML file merged over the preset (make: "
+                   "CONFIG_FILE=)")
+    p.add_argument("--config", dest="config_legacy", default=None, help=argparse.SUPPRESS)  # old name of --config-file
+    p.add_argument("--configuration", default=None, help="Student, KD, IG, AT, KD_IG, KD_AT, IG_AT or KD_IG_AT "
+                   "(make: CONFIG=)")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (npz pair or cifar-10-batches-py); the same as "
+                   "data.data_dir=DIR")
+    p.add_argument("--fresh", action="store_true", help="start over: an existing run folder is moved aside to "
+                   "RUNS_DIR/<run>.old-<timestamp> (printed, nothing deleted) (make: RESUME=0)")
+    p.add_argument("--stages", default=None, help="comma-separated subset of teacher,ig,student,baseline (checked "
+                   "before any work: a stage whose input is missing names the stage to add)")
     p.add_argument("--save-examples", action="store_true", help="save a PNG grid of originals, IG maps and overlays")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.epochs=3 loss.alpha=0.1")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.epochs=3 loss.alpha=0.1 (type-checked)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("data", help="dataset tools: to-folder (a built-in set as class folders of PNG files)")

@@ -1,11 +1,15 @@
 """Typed run configuration: dataclasses, YAML presets (``toolkit/presets/*.yaml``) and ``key=value`` overrides.
 
-A run's config is ``preset YAML`` <- ``--config FILE`` <- overrides such as ``student.epochs=3``.
+A run's config is ``preset YAML`` <- ``--config-file FILE`` <- overrides such as ``student.epochs=3``. Every value is
+checked against its field's type before anything runs; an unknown key names the nearest known one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,28 +205,100 @@ class RunConfig:
         return CONFIGURATIONS[canonical_configuration(self.configuration)]
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
+def _all_keys(values: dict, where: str = "") -> list[str]:
+    out = []
+    for key, value in values.items():
+        out.append(f"{where}{key}")
+        if isinstance(value, dict):
+            out += _all_keys(value, f"{where}{key}.")
+    return out
+
+
+def _suggest(key: str, where: str, base: dict, root: dict | None) -> str:
+    """``; did you mean 'student.epochs'?`` for the nearest known key (difflib), or the known keys of this level."""
+    near = difflib.get_close_matches(key, list(base), n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean '{where}{near[0]}'?"
+    if root is not None:  # a key of another section: epochs -> student.epochs / teacher.epochs
+        full = [k for k in _all_keys(root) if k.rsplit(".", 1)[-1] == key]
+        near = full or difflib.get_close_matches(f"{where}{key}", _all_keys(root), n=1, cutoff=0.75)
+        if near:
+            return f"; did you mean {' or '.join(repr(k) for k in near[:3])}?"
+    return f"; known: {', '.join(base)}"
+
+
+def _merge(base: dict, update: dict, where: str = "", root: dict | None = None) -> dict:
+    root = base if root is None else root
     out = dict(base)
     for key, value in update.items():
         if key not in base:
-            raise ToolkitError(f"unknown config key '{where}{key}'; known: {', '.join(base)}")
+            raise ToolkitError(f"unknown config key '{where}{key}'{_suggest(str(key), where, base, root)}")
         if isinstance(base[key], dict) and isinstance(value, dict):
-            out[key] = _merge(base[key], value, f"{where}{key}.")
+            out[key] = _merge(base[key], value, f"{where}{key}.", root)
         else:
             out[key] = value
     return out
 
 
-def _from_dict(cls: type, values: dict) -> Any:
+_TYPE_WORDS = {int: "a whole number (int)", float: "a number (float)", bool: "true or false (bool)",
+               str: "text (str)", list: "a list such as [a, b]", dict: "a mapping", type(None): "null"}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against a field's annotation (int, float, bool, str, list, ``X | None``, ``int | float``);
+    returns it (a number for a float field given YAML 1.1's string '1e-3', text for a str field given a number) or
+    raises one ToolkitError line naming the key, the value and the expected type."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    options = tuple(typing.get_origin(o) or o for o in options)
+    if value is None and type(None) in options:
+        return value
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return value
+    for kind in options:  # lenient conversions, only when no option took the value as it is
+        if kind is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if kind is str and isinstance(value, bool):  # in_memory=true
+            return "true" if value else "false"
+        if kind is str and isinstance(value, (int, float)):  # a folder or model named 2024
+            return str(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if kind is list and isinstance(value, (list, tuple)):
+            return list(value)
+    if not all(k in _TYPE_WORDS for k in options):
+        return value  # an annotation this check does not know: leave it to validate()
+    expected = " or ".join(_TYPE_WORDS[k] for k in options)
+    if isinstance(value, dict):
+        got = "a mapping"
+    else:
+        got = f"{value!r} ({type(value).__name__})"
+    raise ToolkitError(f"config key {key}: expected {expected}, got {got}")
+
+
+def _from_dict(cls: type, values: dict, where: str = "") -> Any:
     kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        f = hints[key]
+        f = fields[key]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
-            kwargs[key] = _from_dict(sub, value)
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ToolkitError(f"config key {where}{key} is a section, not a value (got {value!r}); set its keys, "
+                                   f"e.g. {where}{key}.{dataclasses.fields(sub)[0].name}=...")
+            kwargs[key] = _from_dict(sub, value, f"{where}{key}.")
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_type(f"{where}{key}", value, hints[key])
     return cls(**kwargs)
 
 

@@ -6,7 +6,6 @@ interrupted one from its last epoch checkpoint, and refuses a run folder made wi
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_weights, read_checkpoint
 from toolkit.models.profile import count_params
 from toolkit.models.registry import build_model, get_spec
-from toolkit.runs import RunFolder
+from toolkit.runs import RunFolder, move_aside
 
 CACHED_LOGITS_NOTE = "cached teacher logits of the un-augmented image (an approximation: not the student's actual input)"
 
@@ -343,18 +342,93 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
     return result
 
 
+SMOKE_NOTE = "smoke preset: figures are not meaningful, the run only proves the chain works"
+"""Said wherever a smoke run's figures are shown (the table below, summary.json, the bench report)."""
+LOSS_NOTE = ("training losses are not comparable across configurations: the KD term is multiplied by T^2 "
+             "(T = {T:g}: x{T2:g}), so a distilled student's total loss (often 5-15) sits far above an undistilled "
+             "one's cross-entropy (about 0.5-2.5) while it learns as well; compare accuracies instead")
+
+
+def compare_roles(summary: dict) -> dict:
+    """What the figures mean: the student against its teacher and against its undistilled baseline (test top-1).
+
+    Returns ``{"meaningful", "student_minus_teacher_points", "student_minus_baseline_points", "notes", "warnings"}``
+    (written to summary.json as ``comparison`` and printed under the table)."""
+    teacher, student, baseline = summary.get("teacher"), summary.get("student"), summary.get("baseline")
+    smoke = summary.get("preset") == "smoke"
+    out: dict = {"meaningful": not smoke, "student_minus_teacher_points": None, "student_minus_baseline_points": None,
+                 "notes": [SMOKE_NOTE] if smoke else [], "warnings": []}
+    if not (teacher and student):
+        return out
+    gap = student["test_acc"] - teacher["test_acc"]
+    out["student_minus_teacher_points"] = round(gap, 2)
+    cf = teacher["params"] / student["params"] if student.get("params") else None
+    out["notes"].append(f"student vs teacher: {gap:+.2f} points of test top-1 ({student['test_acc']:.2f}% vs "
+                        f"{teacher['test_acc']:.2f}%)" + (f" at {cf:.2f}x fewer parameters" if cf else ""))
+    if baseline:
+        gain = student["test_acc"] - baseline["test_acc"]
+        out["student_minus_baseline_points"] = round(gain, 2)
+        out["notes"].append(f"distillation gain over the baseline student (same split, seed and init): {gain:+.2f} points")
+        if gain < 0:
+            out["warnings"].append(
+                f"WARNING: the distilled student is {-gain:.2f} points BELOW its undistilled baseline "
+                f"({student['test_acc']:.2f}% vs {baseline['test_acc']:.2f}%): distillation did not help in this run"
+                + (" (expected noise at smoke scale)" if smoke else "; one seed, so check the ablation's spread "
+                   "before concluding, and try more epochs or another loss.alpha / loss.temperature"))
+    return out
+
+
 def _print_table(summary: dict) -> None:
     rows = [("teacher", summary["teacher"])] + [(r, summary[r]) for r in ("student", "baseline") if r in summary]
     print(f"\nrun {summary['run']}  preset {summary['preset']}  configuration {summary['configuration']}  ({summary['data']})")
-    print(f"{'role':<10} {'model':<22} {'params':>10} {'CF':>8} {'val %':>7} {'test %':>7}")
+    comparison = summary.get("comparison") or compare_roles(summary)
+    if not comparison["meaningful"]:
+        print(f"** {SMOKE_NOTE} **")
+    print(f"{'role':<10} {'model':<22} {'params':>10} {'CF vs teacher':>13} {'val %':>7} {'test %':>7}")
     for role, r in rows:
         cf = summary["teacher"]["params"] / r["params"]
         val = f"{r['val_acc']:.2f}" if r.get("val_acc") is not None else "-"
-        print(f"{role:<10} {r['name']:<22} {r['params']:>10,} {cf:>7.2f}x {val:>7} {r['test_acc']:>7.2f}")
-    if "baseline" in summary:
-        gain = summary["student"]["test_acc"] - summary["baseline"]["test_acc"]
-        print(f"distillation gain over the baseline student (same split, seed and init): {gain:+.2f} points")
+        print(f"{role:<10} {r['name']:<22} {r['params']:>10,} {cf:>12.2f}x {val:>7} {r['test_acc']:>7.2f}")
+    print("(CF: compression factor, the teacher's parameter count over the model's; val: the held-out validation "
+          "split; test: top-1 on the test set after the last epoch)")
+    for line in comparison["notes"]:
+        if line != SMOKE_NOTE:
+            print(line)
+    for line in comparison["warnings"]:
+        print(line)
+    if summary.get("loss_note"):
+        print(f"note: {summary['loss_note']}")
     print(f"written: {summary['run_dir']}/summary.json")
+
+
+STAGES = ("teacher", "ig", "student", "baseline")
+
+
+def check_stage_plan(cfg: RunConfig, root: Path, stages: list[str] | None, resume: bool = True) -> list[str]:
+    """The stages to run, checked before any work: each stage's input must be made by an earlier stage of this call
+    or already be in the run folder; otherwise one ToolkitError line names the stages to add."""
+    stages = [s.strip() for s in stages if s.strip()] if stages else list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ToolkitError(f"unknown stage(s) {unknown or stages}; choose from {','.join(STAGES)}")
+    stages = [s for s in STAGES if s in stages]  # run order, whatever the order given
+    have = (lambda name: False) if not resume else (lambda name: (root / name).exists())
+    add: list[str] = []
+    why: list[str] = []
+    teacher_needed = any(s in stages for s in ("ig", "student", "baseline"))
+    if (teacher_needed and "teacher" not in stages and cfg.teacher.mode != "load"
+            and not have("teacher.pt")):
+        add.append("teacher")  # the pipeline would otherwise train it here, unasked
+        why.append(f"no finished teacher.pt in {root}" + ("" if resume else " (--fresh starts it empty)"))
+    uses_ig = CONFIGURATIONS[canonical_configuration(cfg.configuration)][1]
+    if "student" in stages and uses_ig and "ig" not in stages:
+        add.append("ig")  # the ig stage reuses a finished IG cache (run/ig/), so adding it costs nothing then
+        why.append(f"{canonical_configuration(cfg.configuration)} trains on IG maps (the ig stage reuses finished ones)")
+    if add:
+        wanted = [s for s in STAGES if s in stages or s in add]
+        raise ToolkitError(f"--stages {','.join(stages)} also needs stage {' and '.join(add)} ({'; '.join(why)}): "
+                           f"use --stages {','.join(wanted)}, or leave --stages out")
+    return stages
 
 
 def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Path = "runs", resume: bool = True,
@@ -366,12 +440,11 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
     cfg.configuration = configuration
     run_name = run_name or f"{cfg.preset}-{configuration}"
     root = Path(runs_dir) / run_name
-    known = {"teacher", "ig", "student", "baseline"}
-    stages = stages or sorted(known)
-    if set(stages) - known:
-        raise ToolkitError(f"unknown stage(s) {sorted(set(stages) - known)}; choose from {sorted(known)}")
+    stages = check_stage_plan(cfg, root, stages, resume)
     if not resume and root.exists() and dist_info.is_main:
-        shutil.rmtree(root)
+        old = move_aside(root)
+        print(f"--fresh (make RESUME=0): moved the old run folder {root} aside to {old} (nothing deleted; remove it "
+              "yourself when done with it)")
     barrier()
     root.mkdir(parents=True, exist_ok=True)
     run = RunFolder(root)
@@ -402,8 +475,11 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
     if save_examples and maps is not None and dist_info.is_main:
         from toolkit.attribution.examples import save_overlay_examples
 
-        save_overlay_examples(data.train.images[:8], maps[:8], cfg.overlay, root / "overlay_examples.png", seed=cfg.seed)
-        print(f"overlay examples: {root / 'overlay_examples.png'}")
+        save_overlay_examples(data.train.images[:8], maps[:8], cfg.overlay, root / "overlay_examples.png", seed=cfg.seed,
+                              labels=[data.classes[int(i)] for i in data.train.labels[:8]])
+        print(f"--save-examples: wrote the picture of originals, IG maps and overlays to {root / 'overlay_examples.png'}")
+    elif save_examples and dist_info.is_main:
+        print(f"--save-examples: no picture written: no IG maps in this run (configuration {configuration})")
     if "student" in stages:
         summary["student"] = _public(train_student(cfg, data, teacher, maps, root, "student", device), "student")
     if "baseline" in stages and cfg.baseline and configuration != "Student":
@@ -412,6 +488,9 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
     if "student" in summary:
         summary["compression_factor"] = round(summary["teacher"]["params"] / summary["student"]["params"], 2)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["comparison"] = compare_roles(summary)
+    if CONFIGURATIONS[configuration][0]:
+        summary["loss_note"] = LOSS_NOTE.format(T=cfg.loss.temperature, T2=cfg.loss.temperature ** 2)
     if dist_info.is_main and "student" in summary:
         atomic_write_json(run.summary, summary)
         _print_table(summary)

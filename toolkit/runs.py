@@ -68,3 +68,53 @@ def open_run(path: str | Path) -> RunFolder:
     if not root.is_dir():
         raise ToolkitError(f"run folder not found: {root}")
     return RunFolder(root)
+
+
+def finished_runs(runs_dir: str | Path = "runs") -> list[str]:
+    """Names of the folders under ``runs_dir`` that hold a summary.json (runs ``make distill`` finished)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "summary.json").is_file())
+
+
+def finished_runs_text(runs_dir: str | Path = "runs") -> str:
+    names = finished_runs(runs_dir)
+    return (f"finished runs in {runs_dir}/: {', '.join(names)}" if names
+            else f"no finished run in {runs_dir}/ yet (make distill RUN=<name> first)")
+
+
+def resolve_run(text: str | Path | None, runs_dir: str | Path = "runs") -> Path:
+    """A run given by name (``demo``: ``runs_dir/demo``) or by path (``runs/demo``, ``/abs/path``), as a folder Path.
+
+    A bare name means ``runs_dir/<name>`` when that folder exists; any other text is taken as a path. Raises one
+    ToolkitError line listing the finished runs when neither is a folder."""
+    if text is None or not str(text).strip():
+        raise ToolkitError(f"name the run: RUN=<name> (make) or --run <name or folder>; {finished_runs_text(runs_dir)}")
+    raw = str(text).strip()
+    by_name = Path(runs_dir) / raw
+    if "/" not in raw and "\\" not in raw and by_name.is_dir():
+        return by_name
+    path = Path(raw)
+    if path.is_dir():
+        return path
+    bare = "/" not in raw and "\\" not in raw
+    raise ToolkitError(f"run folder not found: {raw}" + (f" (nor {by_name})" if bare and by_name != path else "")
+                       + f"; {finished_runs_text(runs_dir)}")
+
+
+def move_aside(root: str | Path) -> Path | None:
+    """Rename an existing run folder to ``<root>.old-<UTC timestamp>`` (never deleted); returns the new path."""
+    import time
+
+    root = Path(root)
+    if not root.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = root.with_name(f"{root.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        target = root.with_name(f"{root.name}.old-{stamp}-{n}")
+        n += 1
+    root.rename(target)
+    return target

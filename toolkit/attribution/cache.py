@@ -134,7 +134,7 @@ def _read_chunk(path: Path, expected_index: torch.Tensor, dtype: torch.dtype) ->
 def _check_or_create_meta(cache_dir: Path, parts: dict) -> None:
     meta_path = cache_dir / META_NAME
     fingerprint = _digest(parts)
-    advice = f"delete {cache_dir} or rerun with --fresh"
+    advice = f"delete {cache_dir} or rerun with --fresh (make: RESUME=0)"
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())

@@ -1,7 +1,8 @@
 """The PT2E quantizer for quantization-aware training: torchao's X86 recipe, re-annotated for ONNX Runtime's QDQ fusion.
 
-torchao's ``X86InductorQuantizer`` (uint8 per-tensor affine activations, int8 per-channel symmetric weights: the U8S8
-recipe ``deploy.steps.QuantizeConfig`` uses with ORT) quantizes the *inputs* of convolutions and linears and fuses
+torchao's ``X86InductorQuantizer`` (its default config is the U8S8 recipe ``deploy.steps.QuantizeConfig`` uses with
+ORT: uint8 per-tensor affine activations, int8 per-channel symmetric weights; :func:`qat_config` is that recipe with
+the details pinned) quantizes the *inputs* of convolutions and linears and fuses
 conv+BN+hardswish/SiLU and conv+BN+add into one pattern, because Inductor keeps those outputs in float. ORT fuses a
 node into an integer kernel (QLinearConv, QGemm, QLinearAdd, QLinearMul) only when it sits between DequantizeLinear
 inputs and a QuantizeLinear output, so :class:`OrtQDQQuantizer` changes only the annotation (which edges get a fake
@@ -21,7 +22,7 @@ from torch.fx import GraphModule, Node
 
 from toolkit import ToolkitError
 
-RECIPE = "pt2e-x86-ort-qdq-u8s8-v1"
+RECIPE = "pt2e-x86-ort-qdq-u8s8-v2"
 """Names this annotation recipe in fingerprints; bump when the annotation changes."""
 QAT_EXTRA_HINT = "pip install -e '.[qat]'"
 
@@ -36,12 +37,32 @@ def require_torchao() -> None:
                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
 
+def qat_config():
+    """The QAT quantization config: uint8 per-tensor affine activations and int8 per-channel symmetric weights in
+    [-127, 127] (ORT's U8S8 recipe, its symmetric weight range), moving-average min/max observers (eps 2**-12, as
+    torchao's x86 default), observed by plain ``FakeQuantize`` modules.
+
+    Not the default ``FusedMovingAvgObsFakeQuantize``: its fused kernel quantizes a weight channel whose values share
+    one sign asymmetrically (zero point -128/127) and its scales differ from ``calculate_qparams()`` (which
+    ``convert_pt2e`` uses) by up to 1/255, so the converted int8 model was not the model that was trained (top-1
+    agreement 93% on tin29). ``FakeQuantize`` stores exactly what ``calculate_qparams()`` returns."""
+    from torchao.quantization.pt2e import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+    act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine,
+                           is_dynamic=False, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+                               observer=MovingAverageMinMaxObserver, eps=2 ** -12))
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
+                              ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+                                  observer=MovingAveragePerChannelMinMaxObserver, eps=2 ** -12))
+    return QuantizationConfig(act, act, weight, None, is_qat=True)
+
+
 def make_quantizer():
-    """An :class:`OrtQDQQuantizer` with torchao's default x86 QAT config (uint8 activations, int8 per-channel weights)."""
+    """An :class:`OrtQDQQuantizer` with :func:`qat_config`."""
     from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec, get_output_act_qspec
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        QUANT_ANNOTATION_KEY, X86InductorQuantizer, _X86InductorQuantizationAnnotation,
-        get_default_x86_inductor_quantization_config, int8_in_int8_out_ops)
+        QUANT_ANNOTATION_KEY, X86InductorQuantizer, _X86InductorQuantizationAnnotation, int8_in_int8_out_ops)
 
     aten = torch.ops.aten
     float_unary = {aten.hardswish.default, aten.hardswish_.default, aten.silu.default, aten.silu_.default}
@@ -98,4 +119,4 @@ def make_quantizer():
                     ann.output_qspec = act_out
             return model
 
-    return OrtQDQQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+    return OrtQDQQuantizer().set_global(qat_config())

@@ -134,7 +134,7 @@ def load_resume_state(ckpt_path: Path, job: TrainJob, model: nn.Module, state: T
                            "move it aside to restart this stage") from None
     if not isinstance(saved, dict) or saved.get("fingerprint") != job.fingerprint:
         raise ToolkitError(f"{ckpt_path} belongs to a run with other settings (fingerprint differs); "
-                           "rerun with --fresh or choose another run name")
+                           "rerun with --fresh (make: RESUME=0) or choose another run name")
     model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -161,6 +161,7 @@ def train_epoch(job: TrainJob, epoch: int, distiller: Distiller, state: TrainSta
     part_sums = torch.zeros(len(names), dtype=torch.float64)
     bar = tqdm(total=steps, desc=f"{job.role} {epoch + 1}/{job.optim.epochs}", unit="step",
                disable=not (job.progress and dist_info.is_main), leave=False, dynamic_ncols=True)
+    postfix_every = max(1, min(10, (steps or 0) // 20))  # ~20 updates on short epochs, every 10 steps on long ones
     batches = epoch_batches(job.train, global_batch, job.seed, epoch, job.augment, job.ig_maps, job.overlay, job.teacher_logits,
                             job.optim.max_steps)
     for step, batch in enumerate(batches):
@@ -187,7 +188,7 @@ def train_epoch(job: TrainJob, epoch: int, distiller: Distiller, state: TrainSta
                               float(batch.overlaid.sum())], dtype=torch.float64)
         part_sums += torch.tensor([float(parts[k].detach()) * n for k in names], dtype=torch.float64)
         bar.update(1)
-        if step % 10 == 0:
+        if step % postfix_every == 0 or step + 1 == steps:
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}")
     bar.close()
     totals = all_reduce_sum(torch.cat([sums, part_sums]))
@@ -249,7 +250,7 @@ def train_model(job: TrainJob, max_epochs_this_call: int | None = None) -> dict:
             job.model.load_state_dict(done["state_dict"])
             return done["meta"]["result"]
         raise ToolkitError(f"{final_path} was trained with other settings (fingerprint differs); "
-                           "rerun with --fresh or choose another run name")
+                           "rerun with --fresh (make: RESUME=0) or choose another run name")
 
     model, call_model = place_models(job, dist_info)
     optimizer = make_optimizer(model.parameters(), job.optim)

@@ -139,10 +139,15 @@ def _plots(result: dict, folder: Path) -> None:
         v = list(result["per_seed"][c].values())
         ax.scatter([i] * len(v), v, color="0.6", s=14, zorder=2)
         s = result["summary"][c]
-        ax.errorbar([i], [s["mean"]], yerr=[[s["std"] or 0]], fmt="o", color="C0", capsize=5, zorder=3)
-    ax.set_xticks(range(len(configs)), configs, rotation=30)
+        if s.get("std") and len(v) > 1:  # no error bar for a single seed
+            ax.errorbar([i], [s["mean"]], yerr=[[s["std"]]], fmt="o", color="C0", capsize=5, zorder=3)
+        elif s.get("mean") is not None:
+            ax.plot([i], [s["mean"]], "o", color="C0", zorder=3)
+    single = all(len(result["per_seed"][c]) <= 1 for c in configs)
+    ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Ablation: mean ± std (blue), individual seeds (grey)")
+    ax.set_title("Ablation: one seed per configuration (no spread to show)" if single
+                 else "Ablation: mean ± std over seeds (blue), individual seeds (grey)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, folder / "ablation_accuracy.png")
     rows = result["vs_student"]
@@ -158,5 +163,6 @@ def _plots(result: dict, folder: Path) -> None:
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(rows)), [r["a"] for r in rows])
         ax.set_xlabel("paired difference to Student (accuracy points), 95% CI")
+        ax.set_title("Each configuration minus Student, paired by seed", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         save_figure(fig, folder / "ablation_vs_student.png")

@@ -1,6 +1,7 @@
 """``python -m toolkit experiment <study> [options] [key=value ...]``: ablation, montecarlo, sweep, generalize, merge.
 
-Training studies (ablation, montecarlo, sweep) write ``reports/<study>-<scale>/`` (or ``--out``): study.json,
+Training studies (ablation, montecarlo, sweep) write ``runs/studies/<study>-<scale>/`` (or ``--out``; the committed
+reports are regenerated with ``--out reports/<study>-<scale>``): study.json,
 results.jsonl, shared/ (teacher, IG maps), runs/<key>/, report.md, results.json and PNG plots. A rerun skips the runs
 already recorded; ``--shard i/n`` runs a deterministic share; ``--merge A B`` or ``experiment merge A B --out C``
 unions shard folders; ``--report-only`` rebuilds the report from results.jsonl.
@@ -37,12 +38,13 @@ def build_parser(study: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"python -m toolkit experiment {study}", description=TITLES.get(study, study))
     p.add_argument("--scale", default="cpu", help="smoke, cpu or paper (toolkit/experiments/scales/<scale>.yaml)")
     p.add_argument("--preset", default=None, help="run preset overriding the scale's (toolkit/presets/<name>.yaml)")
-    p.add_argument("--out", default=None, help="study folder (default reports/<study>-<scale>)")
+    p.add_argument("--out", default=None, help="study folder (default runs/studies/<study>-<scale>; "
+                   "pass --out reports/<study>-<scale> to rewrite a committed report)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     if study == "generalize":
-        p.add_argument("--run", action="append", default=[], help="run folder (runs/<name>); repeatable")
+        p.add_argument("--run", action="append", default=[], help="run name or folder (runs/<name>); repeatable")
         p.add_argument("--study", action="append", default=[], help="study folder with saved students; repeatable "
-                       "(default: reports/{ablation,montecarlo,sweep}-<scale> that exist)")
+                       "(default: runs/studies/{ablation,montecarlo,sweep}-<scale> that exist)")
         p.add_argument("--split", default=None, help="ImageNet-aligned split: val (1,450 images), train (14,500) or all")
         p.add_argument("--strict", action="store_true", default=None, help="strict synset groups only")
         return p
@@ -217,14 +219,16 @@ def run_generalize(ns: argparse.Namespace, command: str) -> int:
     folder = study_path(settings, ns.out)
     started = time.time()
     entries = []
+    from toolkit.runs import resolve_run
+
     for r in ns.run:
-        entries += generalize.entries_from_run(Path(r))
+        entries += generalize.entries_from_run(resolve_run(r))
     studies = [Path(s) for s in ns.study] or ([] if ns.run else generalize.default_sources(settings.scale))
     for s in studies:
         entries += generalize.entries_from_study(s)
     if not entries:
-        raise ToolkitError("generalize needs --run runs/<name> and/or --study reports/<study>-<scale> (none found "
-                           f"under reports/ for scale '{settings.scale}')")
+        raise ToolkitError("generalize needs --run <name or runs/<name>> and/or --study <study folder> (none found "
+                           f"under runs/studies/ for scale '{settings.scale}')")
     _log(f"evaluating {len(entries)} model(s) on the ImageNet-aligned set ({settings.split}"
          f"{', strict' if settings.strict else ''})")
     result = generalize.evaluate(entries, settings.split, bool(settings.strict), _log)

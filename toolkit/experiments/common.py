@@ -1,6 +1,6 @@
 """What the training studies share: the study folder, its study.json, and the teacher/IG maps prepared once.
 
-Study folder (default ``reports/<study>-<scale>/``)::
+Study folder (default ``runs/studies/<study>-<scale>/``; ``--out reports/<study>-<scale>`` for the committed reports)::
 
     study.json       study, scale, preset, overrides, settings, data, teacher, the planned run keys, invocations
     results.jsonl    one line per finished run (toolkit.experiments.runner)
@@ -122,8 +122,13 @@ def record_from_result(result: dict, prepared: Prepared, **extra) -> dict:
     return rec
 
 
+STUDIES_DIR = Path("runs") / "studies"
+"""Where a study goes without ``--out``: the user's own folder. The committed ``reports/`` is written only when asked
+(``--out reports/<study>-<scale>``)."""
+
+
 def study_path(settings: StudySettings, out: str | None) -> Path:
-    return Path(out) if out else Path("reports") / f"{settings.study}-{settings.scale}"
+    return Path(out) if out else STUDIES_DIR / f"{settings.study}-{settings.scale}"
 
 
 RESULT_NEUTRAL_KEYS = ("progress", "baseline", "configuration", "seed", "num_workers")

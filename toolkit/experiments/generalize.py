@@ -1,7 +1,7 @@
 """Zero-shot generalisation: CIFAR-10 models evaluated on the ImageNet-aligned set (8 CIFAR-10 classes present).
 
 Sources: run folders (``runs/<name>``: summary.json, teacher.pt, student.pt, baseline.pt) and study folders
-(``reports/<study>-<scale>``: results.jsonl, shared/teacher.pt, runs/<key>/student.pt). Every model predicts over all
+(``runs/studies/<study>-<scale>`` or a ``--out`` folder: results.jsonl, shared/teacher.pt, runs/<key>/student.pt). Every model predicts over all
 10 CIFAR-10 classes. Scores: accuracy, balanced accuracy (mean recall over the 8 classes present) and Cohen's kappa
 (10x10 table; a prediction of airplane or horse counts as disagreement), on all images and on the subset its own
 teacher classifies correctly (as the paper filtered).
@@ -19,7 +19,7 @@ import torch
 from edgecommon.hashing import sha256_file
 from toolkit import ToolkitError
 from toolkit.experiments import stats
-from toolkit.experiments.report import fmt, fmt_p, mean_std, pyplot, save_figure, table
+from toolkit.experiments.report import fmt, fmt_p, legend_outside, mean_std, pyplot, save_figure, table
 from toolkit.experiments.runner import RESULTS_FILE, RUNS_DIR, load_results, read_study
 
 NUM_CLASSES = 10
@@ -191,6 +191,11 @@ def report_body(result: dict, folder: Path) -> str:
                             "bal. acc (t-c)", "kappa (t-c)", "bal. acc (t-c) − Student, paired"], rows))
         parts += ["", "Paired t-test (scipy ttest_rel) over the seeds both configurations share; no multiple-comparison "
                   "correction here."]
+    models = list(dict.fromkeys(g["model"] for g in result["groups"]))
+    if len(models) > 1:
+        parts += ["", f"**Different architectures side by side** ({', '.join(models)}, separated by dashed lines in the "
+                  "plot): compare configurations within one architecture; across architectures the gap mixes model "
+                  "capacity with the method."]
     parts += ["", "![generalisation](generalize.png)"]
     _plot(result, folder)
     return "\n".join(parts) + "\n"
@@ -199,23 +204,39 @@ def report_body(result: dict, folder: Path) -> str:
 def _plot(result: dict, folder: Path) -> None:
     plt = pyplot()
     groups = result["groups"]
-    labels = [f"{Path(g['source']).name}\n{g['configuration']}" for g in groups]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) + 2), 4))
+    models = list(dict.fromkeys(g["model"] for g in groups))
+    mixed = len(models) > 1
+    labels = [f"{Path(g['source']).name}\n{g['configuration']}" + (f"\n{g['model']}" if mixed else "")
+              + (f" (n={g['n']})" if g["n"] > 1 else "") for g in groups]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) + 2), 4.4))
     x = np.arange(len(groups))
+    spread = any(g["n"] > 1 for g in groups)
     for i, (key, name) in enumerate((("all.accuracy", "accuracy, all"), ("all.balanced_accuracy", "balanced acc, all"),
                                      ("teacher_correct.accuracy", "accuracy, teacher-correct"),
                                      ("teacher_correct.balanced_accuracy", "balanced acc, teacher-correct"))):
         means = [g[key]["mean"] if g[key]["mean"] is not None else np.nan for g in groups]
-        errs = [g[key]["std"] or 0 for g in groups]
-        ax.bar(x + (i - 1.5) * 0.2, means, 0.2, yerr=errs, capsize=2, label=name)
-    ax.set_xticks(x, labels, fontsize=7, rotation=30)
+        errs = [(g[key]["std"] or 0) if g["n"] > 1 else 0 for g in groups]  # no error bar for a single seed
+        ax.bar(x + (i - 1.5) * 0.2, means, 0.2, yerr=errs if any(errs) else None, capsize=2, label=name)
+        if mixed:  # separate architectures visibly: a thin line where the model changes
+            for j in range(1, len(groups)):
+                if groups[j]["model"] != groups[j - 1]["model"]:
+                    ax.axvline(j - 0.5, color="0.4", lw=0.8, ls="--")
+    ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("%")
-    ax.set_title(f"Zero-shot on the ImageNet-aligned set ({result['split']})")
-    ax.legend(fontsize=7)
+    title = f"Zero-shot on the ImageNet-aligned set ({result['split']})"
+    if spread:
+        title += "; bars: mean, whiskers: ± std over seeds"
+    if mixed:
+        title += (f"\nDIFFERENT architectures side by side ({', '.join(models)}): "
+                  "compare configurations within one architecture, not across")
+    ax.set_title(title, fontsize=9)
+    legend_outside(ax, fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, folder / "generalize.png")
 
 
 def default_sources(scale: str) -> list[Path]:
-    return [p for p in (Path("reports") / f"{s}-{scale}" for s in ("ablation", "montecarlo", "sweep"))
+    from toolkit.experiments.common import STUDIES_DIR
+
+    return [p for p in (STUDIES_DIR / f"{s}-{scale}" for s in ("ablation", "montecarlo", "sweep"))
             if (p / RESULTS_FILE).is_file()]

@@ -87,6 +87,8 @@ def header(title: str, study: dict, total_runs: int, done_runs: int, extra: Sequ
     commands = [inv["command"] for inv in invocations] or [study.get("command", "-")]
     wall = sum(inv.get("seconds") or 0 for inv in invocations)
     lines = [f"# {title}", ""]
+    if study.get("scale") == "smoke" or study.get("preset") == "smoke":
+        lines += ["> **smoke scale: figures are not meaningful, the run only proves the chain works.**", ""]
     lines.append(f"- **Command**: `{commands[0]}`")
     for other in dict.fromkeys(commands[1:]):
         if other != commands[0]:
@@ -125,3 +127,36 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def readable_log_axis(ax, values, which: str = "x") -> None:
+    """Plain, non-overlapping tick labels on a log axis (``0.2, 0.5, 1, 2`` rather than ``3x10^-1`` labels at every
+    minor tick): major ticks on the 1-2-5 sequence inside the data's range (or the data values themselves, to two
+    significant digits, when that range holds fewer than three), no minor labels."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    vals = sorted(float(v) for v in values if v is not None and v == v and float(v) > 0)
+    if not vals:
+        return
+    lo, hi = vals[0] / 1.15, vals[-1] * 1.15
+    nice = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in nice if lo <= t <= hi]
+    if len(ticks) < 3:
+        ticks = sorted({float(f"{v:.2g}") for v in vals})
+        while len(ticks) > 6:  # thin dense data values so labels do not collide
+            ticks = ticks[::2]
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_outside(ax, **kw) -> None:
+    """The legend to the right of the axes, off the data (``save_figure``'s tight bounding box keeps it whole)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  fontsize=kw.pop("fontsize", 8), frameon=False, **kw)

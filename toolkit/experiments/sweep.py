@@ -15,7 +15,8 @@ import numpy as np
 
 from toolkit.experiments import stats
 from toolkit.experiments.common import Prepared, record_from_result, run_config
-from toolkit.experiments.report import fmt, hardware_line, hardware, mean_std, pyplot, save_figure, table
+from toolkit.experiments.report import (fmt, hardware, hardware_line, legend_outside, mean_std, pyplot,
+                                       readable_log_axis, save_figure, table)
 from toolkit.experiments.runner import RunSpec
 from toolkit.experiments.scales import StudySettings
 from toolkit.io import atomic_write_json
@@ -115,6 +116,7 @@ def _plots(result: dict, folder: Path) -> None:
     for x_key, label, name in (("compression_factor", "compression factor (teacher params / student params)", "cf"),
                                ("latency", "latency per image, ms (ONNX Runtime fp32, batch 1, 1 thread)", "latency")):
         fig, ax = plt.subplots(figsize=(6.5, 4))
+        all_x, spread = [], False
         for i, c in enumerate(result["configs"]):
             xs, ys, es = [], [], []
             for r in result["rows"]:
@@ -123,10 +125,15 @@ def _plots(result: dict, folder: Path) -> None:
                     continue
                 xs.append(r["latency"]["median_ms"] if x_key == "latency" else r[x_key])
                 ys.append(a["mean"])
-                es.append(a["std"] or 0)
+                es.append(a["std"] if (a.get("n") or 1) > 1 and a.get("std") else 0.0)
             order = np.argsort(xs)
-            ax.errorbar(np.asarray(xs)[order], np.asarray(ys)[order], yerr=np.asarray(es)[order], marker="o",
-                        capsize=3, label=c, color=f"C{i}", alpha=0.85)
+            all_x += xs
+            if any(es):  # error bars only where there are several seeds
+                spread = True
+                ax.errorbar(np.asarray(xs)[order], np.asarray(ys)[order], yerr=np.asarray(es)[order], marker="o",
+                            capsize=3, label=c, color=f"C{i}", alpha=0.85)
+            else:
+                ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", label=c, color=f"C{i}", alpha=0.85)
         for r in result["rows"]:
             x = r["latency"]["median_ms"] if x_key == "latency" else r[x_key]
             top = max((r["accuracy"][c]["mean"] for c in result["configs"] if r["accuracy"][c]["mean"] is not None),
@@ -134,8 +141,13 @@ def _plots(result: dict, folder: Path) -> None:
             if top is not None:
                 ax.annotate(r["model"], (x, top), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
         ax.set_xscale("log")
+        readable_log_axis(ax, all_x, "x")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.margins(y=0.12)
+        ax.grid(alpha=0.3, which="major")
+        what = "compression factor" if x_key == "compression_factor" else "latency"
+        ax.set_title(f"Sweep: accuracy vs {what}" + (" (mean ± std over seeds)" if spread else " (one seed per point)"),
+                     fontsize=10)
+        legend_outside(ax)
         save_figure(fig, folder / f"sweep_accuracy_vs_{name}.png")
