@@ -1,12 +1,31 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial file."""
+"""Atomic file writes (a reader sees the old file or the complete new one, never a partial file) and an
+inter-process file lock."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory ``flock`` on ``path`` (created, with its folder, if missing), released on exit or when
+    the process dies: processes sharing a folder (shards, DDP ranks) do a piece of work once. POSIX only."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from edgecommon.hashing import fingerprint
 from edgecommon.images import COLOR_RULE, load_fitted, resize_rule
 from toolkit import ToolkitError
-from toolkit.io import atomic_write_json
+from toolkit.io import atomic_write_json, folder_lock
 
 FORMAT_VERSION = 1
 SKIP_HINT = "data.skip_bad=true skips unreadable files"
@@ -60,19 +60,6 @@ def split_key(root: Path, files: list[str], size: int) -> str:
         stats.append([rel, st.st_size, st.st_mtime_ns])
     return fingerprint({"format": FORMAT_VERSION, "root": str(root.resolve()), "files": stats, "size": size,
                         "rule": resize_rule(size), "color": COLOR_RULE, "pillow": PIL.__version__}, length=24)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), released on exit or when the process dies."""
-    import fcntl  # POSIX only, like the rest of the training side
-
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _decode_one(path: Path, size: int) -> np.ndarray | str:
@@ -199,7 +186,7 @@ def _decode_locked(root: Path, files: list[str], size: int, name: str, cache_dir
                    progress: bool, workers: int | None) -> tuple[Path, dict, bool]:
     base = f"{name}-{size}px-{key}"
     npy, meta_path = cache_dir / f"{base}.npy", cache_dir / f"{base}.json"
-    with _locked(cache_dir / f".{base}.lock"):
+    with folder_lock(cache_dir / f".{base}.lock"):
         meta = _finished(npy, meta_path, key, size)
         if meta is not None:
             _check_skipped(meta, skip_bad)

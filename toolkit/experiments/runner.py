@@ -18,18 +18,16 @@ longer read, their folders move to ``stale/<fingerprint>/<key>/``); ``merge`` re
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from toolkit import ToolkitError
-from toolkit.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from toolkit.io import append_jsonl, atomic_write_json, atomic_write_text, folder_lock, read_jsonl  # noqa: F401 - folder_lock re-exported
 
 RESULTS_FILE = "results.jsonl"
 STUDY_FILE = "study.json"
@@ -117,18 +115,6 @@ def describe_change(old: dict | None, new: dict, limit: int = 6) -> str:
         return "same settings, other fingerprint"
     more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return ", ".join(diffs[:limit]) + more
-
-
-@contextmanager
-def folder_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl) on ``path``: processes sharing a study folder prepare the teacher once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def append_record(path: Path, record: dict) -> None:
