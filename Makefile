@@ -14,7 +14,7 @@ CONFIG_FILE ?=
 RESUME ?= 1
 ARGS ?=
 MAX_DROP ?=
-QAT ?=
+QAT ?= auto
 QAT_EPOCHS ?= 3
 ALLOW_BUDGET_MISS ?=
 OUT ?=
@@ -36,7 +36,7 @@ help:
 	@echo "                    RESUME=0 starts over (the old folder is moved aside to runs/RUN.old-<time>, not deleted)"
 	@echo "make teacher        only the teacher stage of distill (same variables)"
 	@echo "make export RUN=x   ONNX fp32 + int8 with parity checks into runs/x/export/ (RUN= required: name or folder)"
-	@echo "     MAX_DROP=0.5 (validation points), QAT=1 (also quantization-aware distillation: deploy.qat, QAT_EPOCHS=3)"
+	@echo "     MAX_DROP=0.5 (validation points), QAT=auto (default: quantization-aware distillation when PTQ + fallback misses the budget) | 1 (always) | 0"
 	@echo "make bench-edge RUN=x  latency + accuracy of the export into runs/x/bench/ (RUN= required; ARGS=--aarch64)"
 	@echo "make setup-aarch64  once: qemu + arm64 Python + onnxruntime under .aarch64/ for bench-edge ARGS=--aarch64"
 	@echo "make bench-pipeline training and IG speed, our way against the reference way"
@@ -71,9 +71,9 @@ teacher: install
 # An empty RUN reaches the CLI as --run '', which refuses it with the list of finished runs (exit 2).
 export: install
 	$(PY) -m deploy.export --run '$(RUN)' $(if $(MAX_DROP),--max-drop $(MAX_DROP)) \
-		$(if $(filter 1 yes true,$(ALLOW_BUDGET_MISS) $(QAT)),--allow-budget-miss) $(ARGS)
-	$(if $(filter 1 yes true,$(QAT)),$(PY) -m deploy.qat --run '$(RUN)' --epochs $(QAT_EPOCHS) \
-		$(if $(filter 0 no false,$(RESUME)),--fresh))
+		$(if $(filter 1 yes true,$(ALLOW_BUDGET_MISS)),--allow-budget-miss) \
+		--qat $(if $(filter 1 yes true always,$(QAT)),always,$(if $(filter 0 no false off,$(QAT)),off,on-miss)) \
+		--qat-epochs $(QAT_EPOCHS) $(ARGS)
 
 bench-edge: install
 	$(PY) -m benchmarks.bench_edge --run '$(RUN)' $(ARGS)

@@ -32,7 +32,7 @@ from deploy.export_record import REJECTED_DIR, ROLES, build_manifest, keep_rejec
 from deploy.fallback import (
     Int8Config, Int8Decision, decide_int8, decision_record, keep_final, latency_summary, ship_decision, time_students,
 )
-from deploy.manifest import MANIFEST_NAME, DeployError, Manifest, Normalization, sha256_file
+from deploy.manifest import MANIFEST_NAME, DeployError, Manifest, Normalization, read_manifest, sha256_file
 from deploy.parity import DEFAULT_ATOL, check_parity
 from deploy.steps import (
     AUTO_CALIBRATION, CALIBRATIONS, EXPORTERS, ExportOnnxConfig, GateError, QuantizeConfig, StepRecord, check_io,
@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 budget: allowed fp32 - int8 top-1 drop on validation, in points (default 0.5)")
     p.add_argument("--max-float-nodes", type=int, default=Int8Config.max_float_nodes,
                    help=f"most nodes the fallback keeps in float (default {Int8Config.max_float_nodes}; 0: no fallback)")
+    p.add_argument("--qat", choices=("off", "on-miss", "always"), default="off",
+                   help="quantization-aware distillation (deploy.qat, needs the qat extra): on-miss = when PTQ + "
+                        "fallback misses the budget; always = after every export (default off; make export: on-miss)")
+    p.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs (default 3)")
     p.add_argument("--allow-budget-miss", action="store_true",
                    help="when int8 cannot meet the budget, ship fp32 and exit 0 instead of failing")
     p.add_argument("--min-speedup", type=float, default=Int8Config.min_speedup,
@@ -337,9 +341,30 @@ def main(argv: list[str] | None = None) -> int:
                         allow_budget_miss=args.allow_budget_miss, min_speedup=args.min_speedup),
         data_dir=args.data_dir,
     )
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     try:
         run_dir = resolve_run(args.run)
-        manifest = run_export(run_dir, cfg, log=lambda s: print(s, file=sys.stderr))
+        qat = args.qat == "always"
+        try:
+            manifest = run_export(run_dir, cfg, log=log)
+        except GateError as exc:
+            if args.qat != "on-miss":
+                raise
+            log(f"note: {exc}; exporting with fp32 shipped, then trying quantization-aware distillation (--qat on-miss)")
+            cfg.int8.allow_budget_miss = True
+            manifest = run_export(run_dir, cfg, log=log)
+            qat = True
+        if qat:
+            from deploy.qat import record_in_manifest, run_qat
+
+            report = run_qat(run_dir, epochs=args.qat_epochs, log=log, command=f"deploy.export --qat {args.qat}")
+            if not report.get("finished"):
+                raise ToolkitError("QAT did not finish")
+            shipped = record_in_manifest(run_dir, log=log)
+            manifest = read_manifest(run_dir / "export" / MANIFEST_NAME)
+            if args.qat == "on-miss" and shipped != "student.qat.int8" and not args.allow_budget_miss:
+                raise GateError(f"int8 misses the validation budget even after QAT (see {run_dir / 'export' / 'qat.json'}); "
+                                f"the export ships {shipped}; --allow-budget-miss accepts that")
     except (ToolkitError, DeployError) as exc:  # bad input, a failed check or gate: one line, exit 2 (as toolkit)
         print(f"error: {exc}", file=sys.stderr)
         return 2

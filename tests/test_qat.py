@@ -137,3 +137,22 @@ def test_missing_torchao_names_the_extra(monkeypatch):
     with pytest.raises(ToolkitError, match=r"\.\[qat\]") as err:
         require_torchao()
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_export_runs_qat_when_the_budget_is_missed(tiny_run, capsys):
+    """deploy.export --qat on-miss (make export's default): a missed budget exports with fp32 shipped, runs QAT,
+    records it in the manifest, and still fails in one line when QAT cannot meet the budget either."""
+    from deploy.export import main
+    from deploy.manifest import read_manifest
+
+    rc = main(["--run", str(tiny_run), "--max-drop", "-100", "--max-float-nodes", "0", "--exporter", "torchscript",
+               "--opset", "17", "--qat", "on-miss", "--qat-epochs", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "trying quantization-aware distillation" in err
+    assert err.strip().splitlines()[-1].startswith("error: int8 misses the validation budget even after QAT")
+    manifest = read_manifest(tiny_run / "export" / "manifest.json")
+    assert "student.qat.int8" in manifest.models and manifest.shipped_student == "student.fp32"
+    entry = manifest.models["student.qat.int8"]
+    assert entry.preprocessing.image_size == manifest.models["student.fp32"].preprocessing.image_size
+    assert entry.accuracy["validation"]["top1"] is not None
