@@ -42,7 +42,7 @@ from toolkit import ToolkitError
 from toolkit.data import Cifar10
 from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_model
-from toolkit.pipeline import PreparedData
+from toolkit.data.prepare import PreparedData
 from toolkit.runs import RunFolder, open_run, resolve_run
 
 STAGING_PREFIX = ".staging-"

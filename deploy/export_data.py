@@ -20,7 +20,7 @@ from toolkit.config import DataConfig, RunConfig
 from toolkit.data import Cifar10, load_cifar10
 from toolkit.data.cifar10 import ImageSet
 from toolkit.data.splits import stratified_sample, subset_size, train_val_split
-from toolkit.pipeline import PreparedData, prepare_data
+from toolkit.data.prepare import PreparedData, prepare_data
 from toolkit.runs import RunFolder
 
 SMALL_TRAIN_VAL = 0.1

@@ -277,7 +277,7 @@ def test_cf_says_against_what(capsys):
     assert toolkit_main(["models", "--family", "resnet56"]) == 0
     out = capsys.readouterr().out
     assert "CF vs resnet56" in out.splitlines()[0]
-    from toolkit.pipeline import _print_table
+    from toolkit.run_summary import print_table as _print_table
 
     row = {"name": "resnet8", "params": 100, "test_acc": 50.0, "val_acc": 51.0}
     _print_table({"run": "r", "preset": "smoke", "configuration": "KD", "data": "d", "run_dir": "runs/r",

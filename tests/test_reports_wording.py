@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import edge_report
-from toolkit.pipeline import SMOKE_NOTE, _print_table, compare_roles
+from toolkit.run_summary import SMOKE_NOTE, compare_roles, print_table as _print_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_REPORT = REPO_ROOT / "reports" / "distill-cpu" / "bench" / "report.json"

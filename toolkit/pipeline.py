@@ -7,7 +7,6 @@ interrupted one from its last epoch checkpoint, and refuses a run folder made wi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,106 +15,19 @@ from torch import nn
 from edgecommon.hashing import fingerprint, sha256_file, state_digest, tensor_digest
 from toolkit import ToolkitError, __version__
 from toolkit.config import CONFIGURATIONS, RunConfig, canonical_configuration, save_config
-from toolkit.data.cifar10 import REPO_ROOT, ImageSet, load_cifar10
-from toolkit.data.splits import stratified_sample, subset_size, train_val_split
-from toolkit.data.synthetic import make_synthetic
+from toolkit.data.cifar10 import REPO_ROOT
+from toolkit.data.prepare import PreparedData, data_image_size, prepare_data, subset_training  # noqa: F401 - re-exported
 from toolkit.device import resolve_precision, select_device
 from toolkit.distill.trainer import TrainJob, train_model
 from toolkit.distributed import DistInfo, barrier, current, init_distributed
 from toolkit.io import atomic_write_json
 from toolkit.models.checkpoint import load_weights, read_checkpoint
 from toolkit.models.profile import count_params
-from toolkit.models.registry import build_model, get_spec
+from toolkit.models.registry import build_model
+from toolkit.run_summary import LOSS_NOTE, SMOKE_NOTE, compare_roles, print_table  # noqa: F401 - re-exported
 from toolkit.runs import RunFolder, move_aside
 
 CACHED_LOGITS_NOTE = "cached teacher logits of the un-augmented image (an approximation: not the student's actual input)"
-
-
-@dataclass
-class PreparedData:
-    """The run's splits. ``train_index`` / ``val_index``: indices of the rows into the source's train split (for an
-    image folder: into the train split's file list, ``files["train"]``)."""
-
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
-    train_index: torch.Tensor
-    val_index: torch.Tensor
-    description: str
-    classes: tuple[str, ...]
-    num_classes: int
-    image_size: int = 32
-    files: dict[str, list[str]] | None = None
-    """Image folders: relative file paths per split, in row order (written to the run as ``splits.json``)."""
-    skipped: list | None = None
-    """Image folders with ``data.skip_bad``: (file, reason) of every image left out."""
-    source_key: str = ""
-    """What identifies the source rows beyond ``description`` (a digest of the folder's file lists); part of every
-    fingerprint that keys on rows (IG cache, training stages)."""
-
-    @property
-    def data_key(self) -> str:
-        return self.description + (f" [{self.source_key}]" if self.source_key else "")
-
-
-def data_image_size(cfg: RunConfig) -> int:
-    """The side in pixels the models see: ``data.image_size``, or 32 for CIFAR-10 and synthetic data."""
-    return int(cfg.data.image_size or 32)
-
-
-def _as_count(n: int, size: int | float, what: str) -> int:
-    if isinstance(size, float) and 0 < size < 1:
-        return max(1, round(n * size))
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or int(size) != size or size < 0:
-        raise ToolkitError(f"{what} must be a count >= 0 or a fraction in (0, 1), got {size!r}")
-    return int(size)
-
-
-def prepare_data(cfg: RunConfig) -> PreparedData:
-    """Load the dataset, hold out a stratified validation split, optionally subset train and test (all seeded)."""
-    d = cfg.data
-    if d.dataset == "folder":
-        return _prepare_folder(cfg)
-    if d.dataset == "synthetic":
-        source = make_synthetic(d.synthetic_per_class, max(2, d.synthetic_per_class // 4), seed=d.split_seed)
-    else:
-        source = load_cifar10(d.data_dir, download=d.download)
-    train_idx, val_idx = train_val_split(source.train.labels, _as_count(len(source.train), d.val_size, "data.val_size"),
-                                         d.split_seed)
-    if d.train_subset is not None:
-        keep = stratified_sample(source.train.labels[train_idx], subset_size(len(train_idx), d.train_subset), d.subset_seed)
-        train_idx = train_idx[keep]
-    test = source.test
-    if d.test_subset:
-        test = test.subset(torch.arange(min(int(d.test_subset), len(test))))
-    return PreparedData(source.train.subset(train_idx), source.train.subset(val_idx), test, train_idx, val_idx,
-                        source.description, source.classes, len(source.classes))
-
-
-def _prepare_folder(cfg: RunConfig) -> PreparedData:
-    """An image folder (``data.train_dir`` and optional val/test folders) decoded at ``data.image_size``."""
-    from toolkit.data.folder import load_folder_splits
-
-    d = cfg.data
-    fs = load_folder_splits(d, data_image_size(cfg), progress=cfg.progress)
-    train, files = fs.train, {k: list(v) for k, v in fs.files.items()}
-    train_idx = torch.arange(len(train))
-    if d.train_subset is not None:
-        train_idx = stratified_sample(train.labels, subset_size(len(train), d.train_subset), d.subset_seed)
-        train = train.subset(train_idx)
-    test = fs.test
-    if d.test_subset:
-        test = test.subset(torch.arange(min(int(d.test_subset), len(test))))
-    key = fingerprint({"files": files, "image_size": data_image_size(cfg)})
-    return PreparedData(train, fs.val, test, train_idx, torch.arange(len(fs.val)), fs.description, tuple(fs.classes),
-                        len(fs.classes), data_image_size(cfg), files, list(fs.skipped), f"files {key}")
-
-
-def subset_training(data: PreparedData, maps: torch.Tensor | None, size: float | int, seed: int
-                    ) -> tuple[PreparedData, torch.Tensor | None]:
-    """A stratified subset of the train rows (fraction or count), with the matching IG-map rows."""
-    keep = stratified_sample(data.train.labels, subset_size(len(data.train), size), seed)
-    return replace(data, train=data.train.subset(keep), train_index=data.train_index[keep]), (None if maps is None else maps[keep])
 
 
 def _resolve_path(path: str) -> Path:
@@ -342,65 +254,6 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
     return result
 
 
-SMOKE_NOTE = "smoke preset: figures are not meaningful, the run only proves the chain works"
-"""Said wherever a smoke run's figures are shown (the table below, summary.json, the bench report)."""
-LOSS_NOTE = ("training losses are not comparable across configurations: the KD term is multiplied by T^2 "
-             "(T = {T:g}: x{T2:g}), so a distilled student's total loss (often 5-15) sits far above an undistilled "
-             "one's cross-entropy (about 0.5-2.5) while it learns as well; compare accuracies instead")
-
-
-def compare_roles(summary: dict) -> dict:
-    """What the figures mean: the student against its teacher and against its undistilled baseline (test top-1).
-
-    Returns ``{"meaningful", "student_minus_teacher_points", "student_minus_baseline_points", "notes", "warnings"}``
-    (written to summary.json as ``comparison`` and printed under the table)."""
-    teacher, student, baseline = summary.get("teacher"), summary.get("student"), summary.get("baseline")
-    smoke = summary.get("preset") == "smoke"
-    out: dict = {"meaningful": not smoke, "student_minus_teacher_points": None, "student_minus_baseline_points": None,
-                 "notes": [SMOKE_NOTE] if smoke else [], "warnings": []}
-    if not (teacher and student):
-        return out
-    gap = student["test_acc"] - teacher["test_acc"]
-    out["student_minus_teacher_points"] = round(gap, 2)
-    cf = teacher["params"] / student["params"] if student.get("params") else None
-    out["notes"].append(f"student vs teacher: {gap:+.2f} points of test top-1 ({student['test_acc']:.2f}% vs "
-                        f"{teacher['test_acc']:.2f}%)" + (f" at {cf:.2f}x fewer parameters" if cf else ""))
-    if baseline:
-        gain = student["test_acc"] - baseline["test_acc"]
-        out["student_minus_baseline_points"] = round(gain, 2)
-        out["notes"].append(f"distillation gain over the baseline student (same split, seed and init): {gain:+.2f} points")
-        if gain < 0:
-            out["warnings"].append(
-                f"WARNING: the distilled student is {-gain:.2f} points BELOW its undistilled baseline "
-                f"({student['test_acc']:.2f}% vs {baseline['test_acc']:.2f}%): distillation did not help in this run"
-                + (" (expected noise at smoke scale)" if smoke else "; one seed, so check the ablation's spread "
-                   "before concluding, and try more epochs or another loss.alpha / loss.temperature"))
-    return out
-
-
-def _print_table(summary: dict) -> None:
-    rows = [("teacher", summary["teacher"])] + [(r, summary[r]) for r in ("student", "baseline") if r in summary]
-    print(f"\nrun {summary['run']}  preset {summary['preset']}  configuration {summary['configuration']}  ({summary['data']})")
-    comparison = summary.get("comparison") or compare_roles(summary)
-    if not comparison["meaningful"]:
-        print(f"** {SMOKE_NOTE} **")
-    print(f"{'role':<10} {'model':<22} {'params':>10} {'CF vs teacher':>13} {'val %':>7} {'test %':>7}")
-    for role, r in rows:
-        cf = summary["teacher"]["params"] / r["params"]
-        val = f"{r['val_acc']:.2f}" if r.get("val_acc") is not None else "-"
-        print(f"{role:<10} {r['name']:<22} {r['params']:>10,} {cf:>12.2f}x {val:>7} {r['test_acc']:>7.2f}")
-    print("(CF: compression factor, the teacher's parameter count over the model's; val: the held-out validation "
-          "split; test: top-1 on the test set after the last epoch)")
-    for line in comparison["notes"]:
-        if line != SMOKE_NOTE:
-            print(line)
-    for line in comparison["warnings"]:
-        print(line)
-    if summary.get("loss_note"):
-        print(f"note: {summary['loss_note']}")
-    print(f"written: {summary['run_dir']}/summary.json")
-
-
 STAGES = ("teacher", "ig", "student", "baseline")
 
 
@@ -493,7 +346,7 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
         summary["loss_note"] = LOSS_NOTE.format(T=cfg.loss.temperature, T2=cfg.loss.temperature ** 2)
     if dist_info.is_main and "student" in summary:
         atomic_write_json(run.summary, summary)
-        _print_table(summary)
+        print_table(summary)
     return summary
 
 
