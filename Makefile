@@ -29,7 +29,7 @@ RUN_ARG = $(if $(RUN),--run $(RUN))
 
 help:
 	@echo "make install        create .venv, install torch + this project (first use of any target does it too)"
-	@echo "make test           the whole test suite, about 2 min on a quiet 2-core machine (test-fast: about 40 s)"
+	@echo "make test           the whole test suite, about 5 min on a quiet 2-core machine (test-fast: about 75 s)"
 	@echo "make distill        teacher -> IG maps -> student -> baseline into runs/RUN (default runs/<preset>-<configuration>);"
 	@echo "                    PRESET=smoke (< 2 min) | cpu (default, about 35 min on 2 cores) | paper (GPU) | folder;"
 	@echo "                    CONFIG=KD_IG etc. (--configuration), CONFIG_FILE=x.yaml (--config-file), key=value overrides,"
