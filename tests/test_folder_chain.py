@@ -260,3 +260,34 @@ def test_ig_cost_is_printed_before_the_maps_at_the_runs_size(tmp_path, capsys):
     assert tuple(maps.shape) == (8, SIZE, SIZE)
     run_distill(cfg, "ig", runs_dir=tmp_path / "runs", stages=["teacher", "ig"])
     assert "IG maps:" not in capsys.readouterr().out  # a finished cache: nothing to estimate
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file a memory address is mapped from (Linux /proc/self/maps), or None for anonymous memory."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split()
+        start, end = (int(v, 16) for v in parts[0].split("-"))
+        if start <= address < end:
+            return parts[5] if len(parts) > 5 and parts[5].startswith("/") else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_a_memory_mapped_folder_trains_end_to_end(tmp_path):
+    """data.in_memory=false (what `auto` picks for a set larger than memory): training, IG maps and evaluation read
+    the decoded cache through a memory map, and give the same teacher as the in-RAM run."""
+    from toolkit.data.prepare import prepare_data
+    from toolkit.pipeline import run_distill
+
+    photos = make_image_folder(tmp_path / "photos", per_class=6, corrupt=False)
+    over = {"teacher.epochs": "1", "teacher.model": "torchvision:mobilenet_v3_small", "student.model": "truncate:9",
+            "student.epochs": "1", "data.val_size": "3", "data.test_size": "3", "baseline": "false"}
+    results = {}
+    for mode in ("false", "true"):
+        cfg = build_config("folder", overrides=folder_overrides(tmp_path, photos, **over, **{"data.in_memory": mode}))
+        data = prepare_data(cfg)
+        backing = _mapped_file(data.train.images.data_ptr())
+        assert (backing is not None and backing.endswith(".npy")) is (mode == "false"), backing
+        results[mode] = run_distill(cfg, f"mm-{mode}", runs_dir=tmp_path / "runs")
+    assert results["false"]["teacher"]["test_acc"] == results["true"]["teacher"]["test_acc"]
+    assert results["false"]["student"]["test_acc"] == results["true"]["student"]["test_acc"]

@@ -45,11 +45,12 @@ def print_table(summary: dict) -> None:
     comparison = summary.get("comparison") or compare_roles(summary)
     if not comparison["meaningful"]:
         print(f"** {SMOKE_NOTE} **")
-    print(f"{'role':<10} {'model':<22} {'params':>10} {'CF vs teacher':>13} {'val %':>7} {'test %':>7}")
+    width = max(22, *(len(r["name"]) for _, r in rows))
+    print(f"{'role':<10} {'model':<{width}} {'params':>11} {'CF vs teacher':>13} {'val %':>7} {'test %':>7}")
     for role, r in rows:
         cf = summary["teacher"]["params"] / r["params"]
         val = f"{r['val_acc']:.2f}" if r.get("val_acc") is not None else "-"
-        print(f"{role:<10} {r['name']:<22} {r['params']:>10,} {cf:>12.2f}x {val:>7} {r['test_acc']:>7.2f}")
+        print(f"{role:<10} {r['name']:<{width}} {r['params']:>11,} {cf:>12.2f}x {val:>7} {r['test_acc']:>7.2f}")
     print("(CF: compression factor, the teacher's parameter count over the model's; val: the held-out validation "
           "split; test: top-1 on the test set after the last epoch)")
     for line in comparison["notes"]:
