@@ -132,9 +132,16 @@ class Classifier:
         self.scale = float(pre.scale)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """float32 (N, 3, H, W) in [0, 1] -> logits (N, classes) float32."""
+        """float32 (N, 3, H, W) in [0, 1] -> logits (N, classes) float32. A model with a fixed batch size (e.g. the
+        batch-1 variants for mobile providers) is run in chunks of that size."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run([self.entry.output.name], {self.entry.input.name: x})[0]
+        fixed = self.entry.input.shape[0] if self.entry.input.shape else None
+        step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)
+        if step and len(x) % step:
+            raise DeployError(f"model {self.path.name} takes batches of exactly {step}; got {len(x)} images")
+        outs = [self.session.run([self.entry.output.name], {self.entry.input.name: x[i:i + step]})[0]
+                for i in range(0, len(x), step)] if step else []
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
 
     def preprocess_files(self, paths: list[str | os.PathLike]) -> np.ndarray:
         """Image files -> float32 (N, 3, H, W) following the manifest's preprocessing."""

@@ -159,39 +159,45 @@ def prepare_ig_maps(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: Pr
     None when the configuration uses no overlay, unless ``force`` (studies that share maps across configurations)."""
     if not force and not CONFIGURATIONS[canonical_configuration(cfg.configuration)][1]:
         return None
-    from toolkit.attribution.cache import load_or_compute_ig_maps
+    from toolkit.attribution.cache import load_or_compute_ig_maps, resolve_ig_steps
 
     device, precision = _device_and_precision(cfg, device)
+    # ig.steps=auto: choose the step count first (or reuse the choice recorded in the cache's meta.json)
+    ig_cfg, steps_auto = resolve_ig_steps(run.ig_dir, teacher.to(device), data.train.images, data.train.labels, cfg.ig,
+                                          device, precision)
     if current().is_main:
-        _print_ig_estimate(cfg, run, teacher, data, device, precision)
+        _print_ig_estimate(cfg, run, teacher, data, device, precision, ig_cfg)
     return load_or_compute_ig_maps(run.ig_dir, teacher.to(device), cfg.teacher.model, data.train.images, data.train.labels,
-                                   data.train_index, data.data_key, cfg.ig, device, precision,
-                                   progress=cfg.progress if progress is None else progress)
+                                   data.train_index, data.data_key, ig_cfg, device, precision,
+                                   progress=cfg.progress if progress is None else progress, steps_auto=steps_auto)
 
 
 def _print_ig_estimate(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: PreparedData, device: torch.device,
-                       precision: str) -> None:
-    """Before IG maps are computed: their cost (images x steps x teacher MFLOPs) and a time measured on a few images."""
+                       precision: str, ig_cfg=None) -> None:
+    """Before IG maps are computed: their cost (images x steps x teacher MFLOPs) and a time measured on a few images.
+    ``ig_cfg``: ``cfg.ig`` with ``steps=auto`` resolved (default ``cfg.ig``)."""
     import math
 
     from toolkit.attribution.ig import compute_ig_maps
     from toolkit.models.profile import forward_mflops
 
+    ig_cfg = cfg.ig if ig_cfg is None else ig_cfg
+
     n = len(data.train)
-    chunks = math.ceil(n / max(1, cfg.ig.chunk_size))
+    chunks = math.ceil(n / max(1, ig_cfg.chunk_size))
     if run.ig_dir.is_dir() and len(list(run.ig_dir.glob("chunk_*.pt"))) >= chunks:
         return  # finished cache: nothing to estimate
     mflops = forward_mflops(teacher.cpu() if device.type == "cpu" else teacher, data.image_size)
     teacher.to(device)
-    total_tflop = n * cfg.ig.steps * mflops * 3 / 1e6  # forward + backward ~ 3 forwards
-    head = (f"IG maps: {n:,} images x {cfg.ig.steps} steps x {mflops:.1f} teacher MFLOPs (x3 forward+backward) = "
+    total_tflop = n * ig_cfg.steps * mflops * 3 / 1e6  # forward + backward ~ 3 forwards
+    head = (f"IG maps: {n:,} images x {ig_cfg.steps} steps x {mflops:.1f} teacher MFLOPs (x3 forward+backward) = "
             f"{total_tflop:.2f} TFLOP")
     if current().world_size > 1:  # compute_ig_maps is collective under DDP: no single-rank probe
         print(head, flush=True)
         return
-    probe = min(n, max(2, cfg.ig.batch_size))
+    probe = min(n, max(2, ig_cfg.batch_size))
     t0 = time.perf_counter()
-    compute_ig_maps(teacher, data.train.images[:probe], data.train.labels[:probe], cfg.ig, device, precision, progress=False)
+    compute_ig_maps(teacher, data.train.images[:probe], data.train.labels[:probe], ig_cfg, device, precision, progress=False)
     per_image = (time.perf_counter() - t0) / probe
     print(f"{head}; expected about {per_image * n / 60:.1f} min on {device} "
           f"(measured {1 / per_image:.1f} img/s on {probe} images)", flush=True)

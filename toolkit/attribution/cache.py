@@ -11,6 +11,7 @@ Every file is written atomically. A chunk is trusted only when its stored index 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from edgecommon.hashing import fingerprint, sha256_hex, tensor_digest
 from toolkit import ToolkitError
 from toolkit.attribution.ig import compute_ig_maps
+from toolkit.attribution.steps import CANDIDATE_STEPS, REFERENCE_STEPS, choose_ig_steps
 from toolkit.config import IGConfig
 from toolkit.io import atomic_write_bytes, atomic_write_json
 
@@ -30,6 +32,8 @@ CACHE_FORMAT = "edge-distill-ig-cache/1"
 META_NAME = "meta.json"
 INDEX_NAME = "index.pt"
 # IG settings that change the stored values or layout (batch_size does not: rows are independent).
+# With ig.steps=auto, "steps" is the chosen whole number: an auto cache that chose 16 has the fingerprint of a steps=16
+# cache (the maps are the same); the search and its figures are recorded in meta.json under "steps_auto".
 FINGERPRINT_SETTINGS = ("steps", "method", "baseline", "target", "chunk_size", "store_dtype")
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -131,7 +135,55 @@ def _read_chunk(path: Path, expected_index: torch.Tensor, dtype: torch.dtype) ->
     return maps
 
 
-def _check_or_create_meta(cache_dir: Path, parts: dict) -> None:
+def _read_meta(cache_dir: Path) -> dict | None:
+    try:
+        meta = json.loads((Path(cache_dir) / META_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def auto_search_settings(cfg: IGConfig, precision: str) -> dict:
+    """What an ``ig.steps=auto`` choice depends on besides the teacher and data (which the fingerprint covers)."""
+    return {"sample": cfg.auto_sample, "seed": cfg.auto_seed, "tolerance": cfg.auto_tolerance,
+            "min_corr": cfg.auto_min_corr, "candidates": list(CANDIDATE_STEPS), "reference_steps": REFERENCE_STEPS,
+            "method": cfg.method, "baseline": cfg.baseline, "target": cfg.target, "store_dtype": cfg.store_dtype,
+            "precision": precision}
+
+
+def resolve_ig_steps(cache_dir: Path, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: IGConfig,
+                     device: torch.device, precision: str, verbose: bool = True) -> tuple[IGConfig, dict | None]:
+    """``cfg`` with a whole number of steps, and the ``ig.steps=auto`` record for meta.json (None for fixed steps).
+
+    With ``auto``, a choice already recorded in ``cache_dir``'s meta.json under the same search settings is reused
+    (the cache fingerprint then still checks teacher, data and settings); otherwise rank 0 runs ``choose_ig_steps``
+    on ``images`` (the whole train split) and the choice is broadcast. Prints one line with the choice."""
+    if cfg.steps != "auto":
+        return cfg, None
+    settings = auto_search_settings(cfg, precision)
+    meta = _read_meta(Path(cache_dir)) if Path(cache_dir, META_NAME).is_file() else None
+    recorded = (meta or {}).get("steps_auto")
+    if isinstance(recorded, dict) and recorded.get("settings") == settings and isinstance(recorded.get("steps"), int):
+        record = recorded
+        if verbose and _rank() == 0:
+            print(f"IG steps=auto: {record['steps']} steps, as chosen before and recorded in {Path(cache_dir) / META_NAME}",
+                  flush=True)
+    else:
+        record = None
+        if _rank() == 0:
+            choice = choose_ig_steps(teacher, images, labels, cfg, device, precision)
+            record = {"settings": settings, **choice.to_dict()}
+            if verbose:
+                print(choice.line(), flush=True)
+        if dist.is_available() and dist.is_initialized():
+            box = [record]
+            dist.broadcast_object_list(box, src=0)
+            record = box[0]
+    assert record is not None
+    return dataclasses.replace(cfg, steps=int(record["steps"])), record
+
+
+def _check_or_create_meta(cache_dir: Path, parts: dict, steps_auto: dict | None = None) -> None:
     meta_path = cache_dir / META_NAME
     fingerprint = _digest(parts)
     advice = f"delete {cache_dir} or rerun with --fresh (make: RESUME=0)"
@@ -146,12 +198,16 @@ def _check_or_create_meta(cache_dir: Path, parts: dict) -> None:
             what = _describe_differences(meta.get("parts", {}), parts)
             raise ToolkitError(f"IG cache {cache_dir} was computed for other inputs (differs in: {what}); refusing to reuse "
                                f"or overwrite it: {advice}")
+        if steps_auto is not None and meta.get("steps_auto") != steps_auto and _rank() == 0:
+            atomic_write_json(meta_path, {**meta, "steps_auto": steps_auto})  # same maps; record the auto choice
         return
     if cache_dir.is_dir() and any(cache_dir.iterdir()):
         raise ToolkitError(f"{cache_dir} is not empty and has no {META_NAME}: not an IG cache; {advice}")
     if _rank() == 0:
         meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "parts": parts,
                 "note": "IG maps keyed by dataset sample index; rows of chunk k are index.pt[k*chunk_size:(k+1)*chunk_size]"}
+        if steps_auto is not None:
+            meta["steps_auto"] = steps_auto
         atomic_write_json(meta_path, meta)
 
 
@@ -167,15 +223,20 @@ def load_or_compute_ig_maps(
     device: torch.device,
     precision: str,
     progress: bool = True,
+    steps_auto: dict | None = None,
     **ig_kwargs,
 ) -> torch.Tensor:
     """IG maps (N, 32, 32) in ``cfg.store_dtype``, row i for ``images[i]`` = dataset sample ``sample_index[i]``.
 
     Finished chunks are read back; missing ones are computed (``compute_ig_maps``) and written, so an interrupted
     run resumes from its last finished chunk. A cache made for other inputs raises ToolkitError naming the
-    difference. ``ig_kwargs`` go to ``compute_ig_maps``.
+    difference. ``ig_kwargs`` go to ``compute_ig_maps``. ``cfg.steps == "auto"`` is resolved first
+    (``resolve_ig_steps``; the search's figures go to meta.json under ``steps_auto``); a caller that resolved it
+    already passes the resolved ``cfg`` and its record as ``steps_auto``.
     """
     cache_dir = Path(cache_dir)
+    if cfg.steps == "auto":
+        cfg, steps_auto = resolve_ig_steps(cache_dir, teacher, images, labels, cfg, device, precision)
     n = images.shape[0]
     index = sample_index.detach().cpu()
     if index.dtype != torch.int64 or index.shape != (n,) or labels.shape != (n,):
@@ -188,7 +249,7 @@ def load_or_compute_ig_maps(
     dtype = STORE_DTYPES[cfg.store_dtype]
     parts = fingerprint_parts(teacher, teacher_name, index, data_description, cfg, precision)
     if _rank() == 0:  # rank 0 checks or creates the cache first: other ranks never see it half-made
-        _check_or_create_meta(cache_dir, parts)
+        _check_or_create_meta(cache_dir, parts, steps_auto)
         if not (cache_dir / INDEX_NAME).is_file():
             _save_pt(cache_dir / INDEX_NAME, {"index": index.clone()})
     _barrier()
@@ -236,4 +297,5 @@ def read_ig_cache(cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return index, torch.cat(out) if out else torch.empty(0)
 
 
-__all__ = ["fingerprint_parts", "ig_fingerprint", "load_or_compute_ig_maps", "read_ig_cache", "teacher_weights_sha256"]
+__all__ = ["fingerprint_parts", "ig_fingerprint", "load_or_compute_ig_maps", "read_ig_cache", "resolve_ig_steps",
+           "teacher_weights_sha256"]

@@ -218,7 +218,10 @@ def compute_ig_maps(
         raise ToolkitError(f"IG labels must be (N,) = ({images.shape[0]},), got {tuple(labels.shape)}")
     if cfg.target not in ("label", "pred"):
         raise ToolkitError(f"ig.target must be label or pred, got '{cfg.target}'")
-    if cfg.steps < 1 or cfg.batch_size < 1:
+    if cfg.steps == "auto":
+        raise ToolkitError("ig.steps=auto is resolved by load_or_compute_ig_maps (toolkit.attribution.steps."
+                           "choose_ig_steps); compute_ig_maps needs a whole number of steps")
+    if not isinstance(cfg.steps, int) or isinstance(cfg.steps, bool) or cfg.steps < 1 or cfg.batch_size < 1:
         raise ToolkitError("ig.steps and ig.batch_size must be >= 1")
     autocast(device, precision)  # validates precision for the device (one-line error)
     if max_rows is None:
