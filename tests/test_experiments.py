@@ -368,3 +368,18 @@ def test_generalize_bad_input(tmp_path, capsys):
     assert "run folder not found" in capsys.readouterr().err
     assert main(["experiment", "generalize", "--study", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
     assert "not a study folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("study", ["ablation", "montecarlo", "sweep"])
+def test_committed_studies_keep_their_settings_fingerprint(study):
+    """Settings added since a study was recorded (image folders, QAT, ig.steps=auto, ...) leave its fingerprint
+    alone while unused (toolkit.config.ADDED_SETTINGS): the committed cpu studies are still recognised as current."""
+    from toolkit.experiments.common import run_settings, settings_fingerprint
+
+    path = Path(__file__).resolve().parents[1] / "reports" / f"{study}-cpu" / "study.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not committed")
+    recorded = json.loads(path.read_text())
+    flat = run_settings(load_scale(study, "cpu"))
+    assert sorted(set(flat) ^ set(recorded["run_settings"])) == []
+    assert settings_fingerprint(flat) == recorded["settings_fingerprint"]

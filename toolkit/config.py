@@ -237,6 +237,31 @@ def _suggest(key: str, where: str, base: dict, root: dict | None) -> str:
     return f"; known: {', '.join(base)}"
 
 
+ADDED_SETTINGS: dict[str, Any] = {
+    "data.train_dir": None, "data.val_dir": None, "data.test_dir": None, "data.image_size": None,
+    "data.test_size": 0.1, "data.skip_bad": False, "data.cache_dir": None, "data.in_memory": "auto",
+    "data.augment": "auto", "data.padding": None, "data.rrc_scale_min": 0.25,
+    "teacher.pretrained": False, "student.pretrained": False, "teacher.reset_head": False, "teacher.trust_pickle": False,
+    "ig.auto_sample": 32, "ig.auto_seed": 0, "ig.auto_tolerance": 0.05, "ig.auto_min_corr": 0.99,
+}
+"""Settings added after runs and studies were first recorded, with the value that means "not used" (the behaviour
+from before the key existed: on CIFAR-10, ``data.augment=auto`` is the 4-px pad-and-crop every earlier run used).
+Fingerprints leave a key out while it holds that value, so finished runs, IG caches and committed studies made before
+the key existed are still recognised; any other value is part of the fingerprint (``fingerprint_settings``)."""
+
+
+def fingerprint_settings(values: dict, prefix: str = "") -> dict:
+    """``values`` (a config section as a dict with ``prefix`` such as "ig.", or the flat ``a.b`` form with prefix "")
+    less the ``ADDED_SETTINGS`` that hold their "not used" value: what run, stage and study fingerprints hash."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if name in ADDED_SETTINGS and value == ADDED_SETTINGS[name] and type(value) is type(ADDED_SETTINGS[name]):
+            continue
+        out[key] = value
+    return out
+
+
 def _merge(base: dict, update: dict, where: str = "", root: dict | None = None) -> dict:
     root = base if root is None else root
     out = dict(base)

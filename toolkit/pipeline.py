@@ -14,7 +14,7 @@ from torch import nn
 
 from edgecommon.hashing import fingerprint, sha256_file, state_digest, tensor_digest
 from toolkit import ToolkitError, __version__
-from toolkit.config import CONFIGURATIONS, RunConfig, canonical_configuration, save_config
+from toolkit.config import CONFIGURATIONS, RunConfig, canonical_configuration, fingerprint_settings, save_config
 from toolkit.data.cifar10 import REPO_ROOT
 from toolkit.data.prepare import PreparedData, data_image_size, prepare_data, subset_training  # noqa: F401 - re-exported
 from toolkit.device import resolve_precision, select_device
@@ -73,7 +73,7 @@ def prepare_teacher(cfg: RunConfig, run: RunFolder, data: PreparedData, device: 
     torch.manual_seed(cfg.seed)
     model = build_model(t.model, data.num_classes, pretrained=t.pretrained and t.mode != "scratch")
     source_sha = _teacher_source(cfg, model)
-    stage_cfg = {"teacher": t.__dict__, "source_sha": source_sha, "split": _split_digest(data), "seed": cfg.seed,
+    stage_cfg = {"teacher": fingerprint_settings(t.__dict__, "teacher."), "source_sha": source_sha, "split": _split_digest(data), "seed": cfg.seed,
                  "precision": precision, **_augment_key(cfg)}
     if t.mode == "load":
         _save_loaded_teacher(cfg, run, model, data, device, fingerprint(stage_cfg), source_sha)
@@ -240,9 +240,9 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
         from toolkit.distill.taps import resolve_at_pairs
 
         at_layers = resolve_at_pairs(teacher, student, cfg.loss.at_layers, cfg.teacher.model, name)
-    stage_cfg = {"model": name, "optim": cfg.student.__dict__, "configuration": configuration, "seed": seed,
+    stage_cfg = {"model": name, "optim": fingerprint_settings(cfg.student.__dict__, "student."), "configuration": configuration, "seed": seed,
                  "loss": cfg.loss.__dict__ if (use_kd or use_at) else None, "overlay": cfg.overlay.__dict__ if use_ig else None,
-                 "ig": cfg.ig.__dict__ if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
+                 "ig": fingerprint_settings(cfg.ig.__dict__, "ig.") if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
                  "teacher_outputs": cfg.teacher_outputs if use_kd else None, "split": _split_digest(data),
                  "train_rows": tensor_digest(data.train_index), "maps": tensor_digest(ig_maps) if use_ig else None,
                  "precision": precision, **_augment_key(cfg)}

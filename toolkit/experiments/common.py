@@ -140,8 +140,10 @@ def run_settings(settings: StudySettings) -> dict:
     per-run and result-neutral keys) and the study name. Their hash is each result line's ``settings_fingerprint``."""
     from toolkit.experiments.runner import flatten_settings
 
+    from toolkit.config import fingerprint_settings
+
     values = {k: v for k, v in base_config(settings).to_dict().items() if k not in RESULT_NEUTRAL_KEYS}
-    return {"study": settings.study, **flatten_settings(values)}
+    return {"study": settings.study, **fingerprint_settings(flatten_settings(values))}
 
 
 def settings_fingerprint(flat: dict) -> str:
