@@ -16,24 +16,11 @@ from toolkit import ToolkitError
 from toolkit.attribution import apply_ig_overlay, compute_ig_maps, ig_fingerprint, load_or_compute_ig_maps, read_ig_cache
 from toolkit.config import IGConfig, OverlayConfig
 from toolkit.data import make_synthetic
-from toolkit.models import build_model
+from builders import bn_perturbed_model
 
 from conftest import RESNET_CHECKPOINTS, requires_shared_checkpoints, requires_shared_data
 
 CPU = torch.device("cpu")
-
-
-def _teacher(seed: int = 0, name: str = "resnet8") -> torch.nn.Module:
-    """A random model (ResNet-8 by default) whose BatchNorm is not the identity (so BN folding is really exercised)."""
-    torch.manual_seed(seed)
-    model = build_model(name).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def _rel(a, b):
 
 @pytest.mark.slow
 def test_maps_match_captum_fp32(data):
-    model = _teacher()
+    model = bn_perturbed_model()
     images, labels = data.train.images[:5], data.train.labels[:5]
     ref = _captum_maps(model, images, labels)
     cfg = IGConfig(batch_size=4)
@@ -68,7 +55,7 @@ def test_maps_match_captum_fp32(data):
 
 
 def test_pred_target_black_baseline_and_riemann_match_captum(data):
-    model = _teacher(1)
+    model = bn_perturbed_model(1)
     images = data.train.images[10:14]
     labels = torch.zeros(4, dtype=torch.long)  # ignored by target="pred"
     preds = model(images.float() / 255.0).argmax(1)
@@ -79,7 +66,7 @@ def test_pred_target_black_baseline_and_riemann_match_captum(data):
 
 
 def test_bad_inputs_are_refused(data):
-    model = _teacher()
+    model = bn_perturbed_model()
     images, labels = data.train.images[:2], data.train.labels[:2]
     with pytest.raises(ToolkitError, match="uint8"):
         compute_ig_maps(model, images.float(), labels, IGConfig(), CPU, "fp32", progress=False)
@@ -94,7 +81,7 @@ def test_bad_inputs_are_refused(data):
 
 @pytest.mark.parametrize("name", ["resnet8", pytest.param("mobilenetv2_cifar_L13", marks=pytest.mark.slow)])
 def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data, name):
-    model = _teacher(name=name)
+    model = bn_perturbed_model(name=name)
     images, labels = data.train.images[:8], data.train.labels[:8]
     cfg = IGConfig(batch_size=8)
     fp32 = compute_ig_maps(model, images, labels, cfg, CPU, "fp32", progress=False)
@@ -112,7 +99,7 @@ def test_bf16_maps_close_to_fp32_and_overlay_barely_moves(data, name):
 def test_private_teacher_copy_folds_bn_and_keeps_strided_depthwise_fp32():
     from toolkit.attribution.ig import Float32Conv2d, prepare_teacher
 
-    teacher = _teacher(name="mobilenetv2_cifar_L13")  # holds one stride-2 depthwise conv
+    teacher = bn_perturbed_model(name="mobilenetv2_cifar_L13")  # holds one stride-2 depthwise conv
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     copy = prepare_teacher(teacher, CPU, cast_dtype=torch.bfloat16, fp32_strided_depthwise=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
@@ -132,7 +119,7 @@ def test_private_teacher_copy_folds_bn_and_keeps_strided_depthwise_fp32():
 
 def test_cache_rows_are_aligned_with_sample_index(tmp_path, data):
     """Rows follow sample_index (here a shuffled subset), each equal to captum on that very dataset image."""
-    model = _teacher()
+    model = bn_perturbed_model()
     sample_index = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:10]
     images, labels = data.train.images[sample_index], data.train.labels[sample_index]
     cfg = IGConfig(chunk_size=4, batch_size=3, steps=16)
@@ -170,7 +157,7 @@ def _counting(monkeypatch, fail_on_call: int | None = None) -> list[int]:
 
 
 def test_cache_resumes_after_interruption_and_matches_uninterrupted(tmp_path, data, monkeypatch):
-    model = _teacher()
+    model = bn_perturbed_model()
     sample_index = torch.arange(14)
     images, labels = data.train.images[:14], data.train.labels[:14]
     cfg = IGConfig(chunk_size=4, batch_size=4, steps=16)
@@ -198,7 +185,7 @@ def test_cache_resumes_after_interruption_and_matches_uninterrupted(tmp_path, da
 
 
 def test_stale_or_foreign_cache_is_refused(tmp_path, data):
-    model = _teacher()
+    model = bn_perturbed_model()
     sample_index = torch.arange(6)
     images, labels = data.train.images[:6], data.train.labels[:6]
     cfg = IGConfig(chunk_size=4, steps=4)
@@ -206,7 +193,7 @@ def test_stale_or_foreign_cache_is_refused(tmp_path, data):
     load_or_compute_ig_maps(folder, model, "resnet8", images, labels, sample_index, "synthetic", cfg, CPU, "fp32", progress=False)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
-    changed = _teacher()
+    changed = bn_perturbed_model()
     with torch.no_grad():
         list(changed.parameters())[-2].view(-1)[0] += 1e-3  # one weight of the classifier
     cases = [
@@ -236,20 +223,20 @@ def test_stale_or_foreign_cache_is_refused(tmp_path, data):
 
 
 def test_fingerprint_depends_on_what_changes_the_maps(data):
-    model = _teacher()
+    model = bn_perturbed_model()
     idx = torch.arange(5)
     base = ig_fingerprint(model, "resnet8", idx, "synthetic", IGConfig(), "bf16")
-    assert base == ig_fingerprint(_teacher(), "resnet8", idx, "synthetic", IGConfig(batch_size=99), "bf16")
+    assert base == ig_fingerprint(bn_perturbed_model(), "resnet8", idx, "synthetic", IGConfig(batch_size=99), "bf16")
     assert base != ig_fingerprint(model, "resnet8", idx, "synthetic", IGConfig(baseline="black"), "bf16")
     assert base != ig_fingerprint(model, "resnet8", idx.flip(0), "synthetic", IGConfig(), "bf16")
-    assert base != ig_fingerprint(_teacher(seed=5), "resnet8", idx, "synthetic", IGConfig(), "bf16")
+    assert base != ig_fingerprint(bn_perturbed_model(seed=5), "resnet8", idx, "synthetic", IGConfig(), "bf16")
     assert len(base) == 64
 
 
 @pytest.mark.slow
 def test_float16_storage_leaves_overlay_unchanged(tmp_path, data):
     """Tolerance: overlays from float16- and float32-stored maps differ by < 1e-3 (a quarter of a uint8 level)."""
-    model = _teacher()
+    model = bn_perturbed_model()
     n = 12
     images, labels, idx = data.train.images[:n], data.train.labels[:n], torch.arange(n)
     maps32 = load_or_compute_ig_maps(tmp_path / "f32", model, "resnet8", images, labels, idx, "synthetic",
@@ -277,7 +264,7 @@ def _distributed_worker(rank: int, world: int, port: int, images, labels, out_di
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        maps = compute_ig_maps(_teacher(), images, labels, IGConfig(steps=8, batch_size=2), CPU, "fp32", progress=False)
+        maps = compute_ig_maps(bn_perturbed_model(), images, labels, IGConfig(steps=8, batch_size=2), CPU, "fp32", progress=False)
         torch.save(maps, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -289,7 +276,7 @@ def test_distributed_shares_are_gathered_in_order(tmp_path, data):
 
     images, labels = data.train.images[:5], data.train.labels[:5]  # 5 rows over 2 ranks: shares 3 and 2
     mp.spawn(_distributed_worker, args=(2, _free_port(), images, labels, str(tmp_path)), nprocs=2, join=True)
-    single = compute_ig_maps(_teacher(), images, labels, IGConfig(steps=8, batch_size=2), CPU, "fp32", progress=False)
+    single = compute_ig_maps(bn_perturbed_model(), images, labels, IGConfig(steps=8, batch_size=2), CPU, "fp32", progress=False)
     for rank in range(2):
         gathered = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert gathered.shape == (5, 32, 32)

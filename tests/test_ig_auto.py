@@ -15,8 +15,8 @@ from toolkit.attribution.ig import ig_attributions, ig_baseline, prepare_teacher
 from toolkit.attribution.steps import CANDIDATE_STEPS, choose_ig_steps, completeness_error
 from toolkit.config import IGConfig, build_config
 from toolkit.data import make_synthetic
-from toolkit.models import build_model
 from toolkit.models.normalize import InputNormalize
+from builders import bn_perturbed_model
 
 CPU = torch.device("cpu")
 
@@ -43,19 +43,6 @@ def _linear():
     return LinearClassifier().eval()
 
 
-def _cnn():
-    """ResNet-8 whose BatchNorm is not the identity: far enough from linear that 4 steps are not enough."""
-    torch.manual_seed(0)
-    model = build_model("resnet8").eval()
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
-
-
 def test_linear_model_picks_the_smallest_candidate(data):
     cfg = IGConfig(steps="auto", auto_sample=8)
     choice = choose_ig_steps(_linear(), data.train.images, data.train.labels, cfg, CPU, "fp32")
@@ -75,7 +62,7 @@ def test_no_qualifying_count_falls_back_to_50(data):
 
 
 def test_completeness_error_of_50_step_ig_on_a_small_cnn_is_small(data):
-    model = _cnn()
+    model = bn_perturbed_model()
     x = data.train.images[:4].float() / 255.0
     target = data.train.labels[:4]
     base = ig_baseline(model, "mean")
@@ -91,7 +78,7 @@ def test_completeness_error_of_50_step_ig_on_a_small_cnn_is_small(data):
 
 def test_cnn_needs_more_than_the_smallest_candidate(data):
     cfg = IGConfig(steps="auto", auto_sample=8)
-    choice = choose_ig_steps(_cnn(), data.train.images, data.train.labels, cfg, CPU, "fp32")
+    choice = choose_ig_steps(bn_perturbed_model(), data.train.images, data.train.labels, cfg, CPU, "fp32")
     first = choice.candidates[0]
     assert first.steps == 4 and not first.qualifies and first.completeness_error > choice.reference_completeness_error
     assert 4 < choice.steps <= 50 and choice.candidates[-1].steps == choice.steps

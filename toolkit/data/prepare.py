@@ -8,10 +8,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from edgecommon.hashing import fingerprint
-from toolkit import ToolkitError
 from toolkit.config import RunConfig
 from toolkit.data.cifar10 import ImageSet, load_cifar10
-from toolkit.data.splits import stratified_sample, subset_size, train_val_split
+from toolkit.data.splits import holdout_size, stratified_sample, subset_size, train_val_split
 from toolkit.data.synthetic import make_synthetic
 
 
@@ -47,14 +46,6 @@ def data_image_size(cfg: RunConfig) -> int:
     return int(cfg.data.image_size or 32)
 
 
-def _as_count(n: int, size: int | float, what: str) -> int:
-    if isinstance(size, float) and 0 < size < 1:
-        return max(1, round(n * size))
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or int(size) != size or size < 0:
-        raise ToolkitError(f"{what} must be a count >= 0 or a fraction in (0, 1), got {size!r}")
-    return int(size)
-
-
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """Load the dataset, hold out a stratified validation split, optionally subset train and test (all seeded)."""
     d = cfg.data
@@ -64,7 +55,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         source = make_synthetic(d.synthetic_per_class, max(2, d.synthetic_per_class // 4), seed=d.split_seed)
     else:
         source = load_cifar10(d.data_dir, download=d.download)
-    train_idx, val_idx = train_val_split(source.train.labels, _as_count(len(source.train), d.val_size, "data.val_size"),
+    train_idx, val_idx = train_val_split(source.train.labels, holdout_size(len(source.train), d.val_size, "data.val_size"),
                                          d.split_seed)
     if d.train_subset is not None:
         keep = stratified_sample(source.train.labels[train_idx], subset_size(len(train_idx), d.train_subset), d.subset_seed)
