@@ -54,7 +54,8 @@ class Aarch64Target:
         """None when set up, else what is missing (one line)."""
         for path in (self.root / "READY", self.qemu, self.python, self.pylib):
             if not path.exists():
-                return f"{path} missing: run `bash {SETUP_SCRIPT.relative_to(REPO_ROOT)}` to set up the aarch64 target"
+                shown = os.path.relpath(path, REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+                return f"{shown} missing: run `bash {SETUP_SCRIPT.relative_to(REPO_ROOT)}` to set up the aarch64 target"
         return None
 
 

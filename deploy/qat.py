@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from deploy.steps import check_io, simplify_onnx
 from edgecommon.hashing import sha256_file
 from edgecommon.timing import TimingPlan, fixed_input, ort_callable, percentile, time_rounds
 from toolkit import ToolkitError
+from toolkit.experiments.report import cpu_model
 from toolkit.io import atomic_write_json
 from toolkit.runs import RunFolder, open_run, resolve_run
 
@@ -96,16 +96,6 @@ def latency_p50(paths: dict[str, Path], image_size: int, threads: int = 1, repea
     return {k: {"p50_ms": round(float(np.median([percentile(t, 50) for t in r])), 4),
                 "rounds_p50_ms": [round(percentile(t, 50), 4) for t in r], "runs": sum(len(t) for t in r)}
             for k, r in per_round.items()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_run_config(run: RunFolder):
@@ -224,15 +214,21 @@ def verdict(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def qat_artifact(run_path: str | os.PathLike) -> dict[str, Any]:
-    """The QAT model's entry for the export manifest, from ``export/qat.json`` (file verified against its sha256)."""
+def read_qat_report(export_dir: Path, run_path: str | os.PathLike) -> dict[str, Any]:
+    """``export/qat.json``; one-line ToolkitError when QAT has not run."""
     import json
 
-    export_dir = open_run(run_path).export_dir
     path = export_dir / REPORT_FILE
     if not path.is_file():
         raise ToolkitError(f"{path} missing: run `python -m deploy.qat --run {run_path}` first")
-    report = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def qat_artifact(run_path: str | os.PathLike, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The QAT model's entry for the export manifest, from ``export/qat.json`` (or ``report``, already read; the file
+    is verified against its sha256)."""
+    export_dir = open_run(run_path).export_dir
+    report = report if report is not None else read_qat_report(export_dir, run_path)
     row = report["models"]["qat_int8"]
     if sha256_file(export_dir / row["file"]) != row["sha256"]:
         raise ToolkitError(f"{export_dir / row['file']} changed since {REPORT_FILE} was written; rerun deploy.qat")
@@ -266,8 +262,8 @@ def record_in_manifest(run_path: str | os.PathLike, log: Callable[[str], None] =
     if not path.is_file():
         raise ToolkitError(f"{path} missing: export the run first (make export RUN=...)")
     manifest = json.loads(path.read_text())
-    artifact = qat_artifact(run_path)
-    report = json.loads((export_dir / REPORT_FILE).read_text())
+    report = read_qat_report(export_dir, run_path)
+    artifact = qat_artifact(run_path, report)
     base = dict(manifest["models"]["student.fp32"])
     acc = artifact["accuracy"]
     models = report["models"]

@@ -154,5 +154,8 @@ def test_fix_batch_fixes_input_and_output_shapes(tmp_path):
 
 
 def test_cli_reports_missing_export(tmp_path, capsys):
-    assert ort_format.main(["--run", str(tmp_path)]) == 1
-    assert "error:" in capsys.readouterr().err
+    assert ort_format.main(["--run", str(tmp_path)]) == 2  # a folder without export/: one line, exit 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "manifest.json missing" in err and err.count("\n") == 1
+    assert ort_format.main(["--run", str(tmp_path / "nope")]) == 2
+    assert "run folder not found" in capsys.readouterr().err

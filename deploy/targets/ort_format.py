@@ -42,7 +42,9 @@ from deploy.manifest import MANIFEST_NAME, DeployError, read_manifest
 from deploy.runtime import create_session, load_image, to_input
 from edgecommon.hashing import sha256_file
 from edgecommon.images import IMAGE_SUFFIXES
+from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
+from toolkit.runs import resolve_run
 
 STUDENTS = ("student.fp32", "student.int8")
 ORT_DIR = "ort"
@@ -266,12 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="a run folder with an export/ (or runs/<name>)")
     p.add_argument("--images", default=None, help="image folder for parity (default: the manifest's data source)")
     args = p.parse_args(argv)
-    run = args.run if Path(args.run).is_dir() else str(Path("runs") / args.run)
     try:
-        build(run, args.images, log=lambda s: print(s, file=sys.stderr))
-    except DeployError as exc:
+        build(str(resolve_run(args.run)), args.images, log=lambda s: print(s, file=sys.stderr))
+    except ToolkitError as exc:  # DeployError is one: bad input or a failed check, one line, exit 2 (as every command)
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
