@@ -1,13 +1,19 @@
 """``python -m benchmarks.bench_edge --run runs/<name>``: latency, accuracy parity and an aarch64 check of an export.
 
-Models (ONNX Runtime CPU provider, from ``runs/<name>/export/``): teacher fp32, student fp32, student int8; plus the
-teacher in PyTorch eager fp32 from ``runs/<name>/teacher.pt``, the way it ran before export.
+Models: every artifact in ``runs/<name>/export/manifest.json`` (teacher fp32/int8, student fp32/int8, .ort and
+batch-1 .ort, OpenVINO IR, ExecuTorch .pte, ...) on its runtime, each ONNX file also on every other installed runtime
+that reads ONNX (OpenVINO) (``benchmarks.edge_runtimes``; a missing runtime or an artifact that fails to load is one
+skip line); plus the teacher in PyTorch eager fp32 from ``runs/<name>/teacher.pt``, the way it ran before export.
 
 Latency (ONNX Runtime perf-test / MLPerf style): fixed seeded input, warm-up runs, then a fixed number of timed runs
 (``--runs``) or a fixed duration (``--duration``, at least ``--min-runs``), per model x batch x intra-op threads;
 mean/min/p50/p90/p99 ms per batch and images/s; speed-ups of the student int8 from p50s measured in the same run.
 Accuracy: top-1 and per-class on the CIFAR-10 test set (``--test-subset N``: the first N images), agreement of
 student int8 with student fp32 and with the teacher, int8 drop against the export's gate.
+Fixed-batch artifacts (.b1.ort, .pte) are timed at their batch only and scored at it on at most
+``--fixed-batch-images`` test images; every artifact's agreement is against its fp32 ONNX twin. Peak resident memory
+per session in a fresh subprocess each (``benchmarks.edge_memory``); the accuracy-latency Pareto frontier with the
+artifact to ship per latency budget (``benchmarks.edge_pareto``); speed-ups of the shipped student on each runtime.
 aarch64 (optional): the same ONNX files under qemu with the aarch64 ONNX Runtime (see ``benchmarks/aarch64``).
 Writes ``runs/<name>/bench/report.json``, ``report.md`` and PNG plots. Exit 2 with one ``error:`` line on bad input.
 """
@@ -16,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -25,19 +29,24 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import edge_runtimes
+from benchmarks.edge_accuracy import ORT_ROLES, measure_accuracy, ort_logits  # noqa: F401 - ort_logits re-exported
 from benchmarks.edge_export import ExportInfo, load_export
-from benchmarks.edge_latency import OrtSettings, ort_session, torch_callable, torch_threads
-from edgecommon.timing import TimingPlan, fixed_input, ort_callable, summarize, time_interleaved
+from benchmarks.edge_machine import CPU_FLAGS, _loadavg, machine_info  # noqa: F401 - CPU_FLAGS re-exported
+from benchmarks.edge_latency import OrtSettings
+from benchmarks import edge_memory
+from benchmarks.edge_pareto import common_accuracy, pareto
+from benchmarks.edge_runtimes import EAGER_KEY
+from edgecommon.hashing import sha256_file
+from edgecommon.timing import TimingPlan
 from toolkit import ToolkitError
 from toolkit.io import atomic_write_json
 from toolkit.runs import open_run, resolve_run
 
 REPORT_SCHEMA = "edge-distill-bench-report"
-ORT_ROLES = ("teacher.fp32", "student.fp32", "student.int8")
-EAGER_KEY = "teacher.fp32.eager"
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8",
-             "amx_bf16")
-
+SCHEMA_VERSION = 2
+"""2: latency rows carry runtime/format/precision and cover every artifact; models/accuracy gain the other artifacts;
+new keys artifacts, skipped, memory, pareto, runtime_speedups (version 1's keys are all still there)."""
 
 @dataclass
 class BenchConfig:
@@ -60,6 +69,11 @@ class BenchConfig:
     ort: OrtSettings = field(default_factory=OrtSettings)
     data_dir: str | None = None
     quick: bool = False
+    fixed_batch_images: int = 100_000
+    """Test images (the first ones, within the test subset) each fixed-batch artifact is scored on, in a loop
+    (default: all of them). The Pareto view compares every artifact on the images they all saw."""
+    memory: bool = True
+    memory_runs: int = 20
 
     def validate(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
@@ -72,6 +86,9 @@ class BenchConfig:
             raise ToolkitError(f"--test-subset must be >= 1, got {self.test_subset}")
         if self.aarch64_images < 0 or self.aarch64_fp32_images < 0:
             raise ToolkitError("aarch64 image counts must be >= 0")
+        if self.fixed_batch_images < 1 or self.memory_runs < 1:
+            raise ToolkitError(f"--fixed-batch-images and memory runs must be >= 1, got {self.fixed_batch_images}, "
+                               f"{self.memory_runs}")
         if self.aarch64 not in ("auto", "on", "off"):
             raise ToolkitError(f"aarch64 mode must be auto, on or off, got {self.aarch64}")
 
@@ -81,37 +98,7 @@ QUICK = {"batches": (1, 8), "threads": (1,), "timing": TimingPlan(warmup=2, dura
          "aarch64_fp32_images": 8}
 
 
-def machine_info(threads: tuple[int, ...]) -> dict:
-    """CPU model, selected /proc/cpuinfo flags, library versions, usable CPUs."""
-    import onnxruntime
-    import torch
-
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu_model": model or platform.processor() or "unknown", "cpu_flags": {f: f in flags for f in CPU_FLAGS}, "machine": platform.machine(),
-            "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "os": platform.platform(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "ort_providers": onnxruntime.get_available_providers(), "torch": torch.__version__, "numpy": np.__version__,
-            "threads_benchmarked": list(threads)}
-
-
-def _loadavg() -> float | None:
-    """1-minute load average (runnable threads); above the CPU count, timings include waiting for a core."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def _model_table(export: ExportInfo, summary: dict, teacher_ckpt: Path, teacher_params: int) -> dict:
+def _model_table(export: ExportInfo, summary: dict, teacher_ckpt: Path, teacher_params: int, arts) -> dict:
     names = {"teacher": summary.get("teacher", {}).get("name"), "student": summary.get("student", {}).get("name")}
     table = {EAGER_KEY: {"architecture": names["teacher"], "runtime": "pytorch eager", "precision": "fp32",
                          "file": str(teacher_ckpt), "params": teacher_params}}
@@ -119,7 +106,12 @@ def _model_table(export: ExportInfo, summary: dict, teacher_ckpt: Path, teacher_
         m = export.models[role]
         table[role] = {"architecture": m.architecture or names[role.split(".")[0]], "runtime": "onnxruntime cpu",
                        "precision": role.split(".")[1], "file": str(m.path), "sha256": m.sha256,
-                       "size_bytes": m.path.stat().st_size}
+                       "size_bytes": m.path.stat().st_size, "format": "onnx"}
+    for a in arts:
+        if a.key not in table:
+            table[a.key] = {"architecture": a.architecture or names.get(a.role), "runtime": a.runtime,
+                            "precision": a.precision, "file": str(a.path), "size_bytes": a.size_bytes, "format": a.format,
+                            "fixed_batch": a.fixed_batch, "manifest_entry": a.entry}
     return table
 
 
@@ -128,24 +120,6 @@ def input_shape(export: ExportInfo) -> tuple[int, int, int]:
     entry = export.manifest.models["student.fp32"] if export.manifest is not None else None
     size = entry.preprocessing.image_size if entry is not None else (32, 32)
     return (3, int(size[0]), int(size[1]))
-
-
-def measure_latency(cfg: BenchConfig, export: ExportInfo, teacher) -> list[dict]:
-    rows = []
-    shape = input_shape(export)
-    for threads in cfg.threads:
-        sessions = {role: ort_session(str(export.models[role].path), threads, cfg.ort) for role in ORT_ROLES}
-        for batch in cfg.batches:
-            x = fixed_input(batch, cfg.seed, shape)
-            fns = {EAGER_KEY: torch_callable(teacher, x), **{r: ort_callable(sessions[r], x) for r in ORT_ROLES}}
-            with torch_threads(threads):
-                times = time_interleaved(fns, cfg.timing, cfg.rounds)
-            for key in fns:
-                stats = summarize(times[key], batch)
-                rows.append({"model": key, "batch": batch, "threads": threads, **stats.to_dict()})
-                print(f"  latency {key:20s} batch {batch:3d} threads {threads}: p50 {stats.p50_ms:8.3f} ms "
-                      f"({stats.runs} runs, {stats.images_per_s:,.0f} img/s)", flush=True)
-    return rows
 
 
 def speedups(rows: list[dict]) -> list[dict]:
@@ -163,69 +137,6 @@ def speedups(rows: list[dict]) -> list[dict]:
                     "min_basis": {"int8_vs_teacher_ort_fp32": mins[("teacher.fp32", batch, threads)] / mins[("student.int8", batch, threads)],
                                   "int8_vs_teacher_eager": mins[(EAGER_KEY, batch, threads)] / mins[("student.int8", batch, threads)]}})
     return out
-
-
-def ort_logits(session, images_u8: np.ndarray, batch: int) -> np.ndarray:
-    """Logits (N, C) float32 for uint8 (N, 3, H, W) images, scaled to [0, 1] here."""
-    name, out = session.get_inputs()[0].name, [session.get_outputs()[0].name]
-    chunks = [session.run(out, {name: images_u8[i:i + batch].astype(np.float32) * np.float32(1 / 255)})[0]
-              for i in range(0, len(images_u8), batch)]
-    return np.concatenate(chunks).astype(np.float32)
-
-
-def measure_accuracy(cfg: BenchConfig, export: ExportInfo, teacher) -> tuple[dict, dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Accuracy figures, plus logits per model, the uint8 images and labels they were computed on."""
-    import torch
-
-    from deploy.export import load_run_data, read_run_config
-    from toolkit.evaluate import predict_logits
-
-    data = load_run_data(read_run_config(open_run(cfg.run)), cfg.data_dir)
-    test = data.test
-    n = len(test) if cfg.test_subset is None else min(cfg.test_subset, len(test))
-    images, labels = test.images[:n], test.labels[:n].numpy()
-    exact = None if test.exact is None else test.exact[:n].numpy().astype(bool)
-    images_np = images.numpy()
-    threads = max(cfg.threads)
-    logits: dict[str, np.ndarray] = {}
-    for role in ORT_ROLES:
-        logits[role] = ort_logits(ort_session(str(export.models[role].path), threads, cfg.ort), images_np, cfg.eval_batch)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        logits[EAGER_KEY] = predict_logits(teacher, images, batch_size=cfg.eval_batch).numpy()
-    finally:
-        torch.set_num_threads(previous)
-    pred = {k: v.argmax(1) for k, v in logits.items()}
-    models = {}
-    for key, p in pred.items():
-        per_class = {c: float((p[labels == i] == i).mean() * 100) if (labels == i).any() else float("nan")
-                     for i, c in enumerate(data.classes)}
-        entry = {"top1": float((p == labels).mean() * 100), "per_class": per_class}
-        if exact is not None:  # the shared copy: bit-exact images vs JPEG-decoded ones
-            for name, mask in (("top1_exact_images", exact), ("top1_jpeg_images", ~exact)):
-                entry[name] = float((p[mask] == labels[mask]).mean() * 100) if mask.any() else None
-        if key in export.models:
-            entry["export_top1"] = export.models[key].export_top1
-        models[key] = entry
-
-    def agree(a: str, b: str) -> float:
-        return float((pred[a] == pred[b]).mean() * 100)
-
-    drop = models["student.fp32"]["top1"] - models["student.int8"]["top1"]
-    gate = export.max_int8_drop
-    acc = {"n": int(n), "subset": cfg.test_subset is not None, "data": data.description, "source": data.source,
-           "n_exact_images": None if exact is None else int(exact.sum()),
-           "threads": threads, "models": models,
-           "agreement": {"student.int8 vs student.fp32": agree("student.int8", "student.fp32"),
-                         "student.int8 vs teacher.fp32": agree("student.int8", "teacher.fp32"),
-                         "student.fp32 vs teacher.fp32": agree("student.fp32", "teacher.fp32"),
-                         "teacher.fp32 vs teacher.fp32.eager": agree("teacher.fp32", EAGER_KEY)},
-           "max_abs_logit_diff": {
-               "teacher.fp32 vs teacher.fp32.eager": float(np.abs(logits["teacher.fp32"] - logits[EAGER_KEY]).max()),
-               "student.int8 vs student.fp32": float(np.abs(logits["student.int8"] - logits["student.fp32"]).max())},
-           "int8": {"drop_points": drop, "max_drop": gate, "within_gate": None if gate is None else bool(drop <= gate)}}
-    return acc, logits, images_np, labels
 
 
 def _aarch64(cfg: BenchConfig, export: ExportInfo, logits: dict, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -250,6 +161,24 @@ def _aarch64(cfg: BenchConfig, export: ExportInfo, logits: dict, images: np.ndar
     return result
 
 
+def _artifacts(export: ExportInfo):
+    """Every (artifact, runtime) row of the manifest (``edge_runtimes.enumerate_artifacts``); an artifact beyond the
+    three checked by ``load_export`` whose file fails its sha256 becomes a skip line."""
+    arts, skipped = edge_runtimes.enumerate_artifacts(export.manifest, export.folder)
+    digests: dict[str, str] = {}
+    kept = []
+    for a in arts:
+        if a.entry not in ORT_ROLES:
+            want = export.manifest.models[a.entry].sha256.lower()
+            got = digests.setdefault(a.entry, sha256_file(a.path))
+            if got != want:
+                skipped.append({"key": a.key, "reason": f"{a.path.name} fails its sha256 check (manifest {want[:12]}..., "
+                                                        f"file {got[:12]}...)"})
+                continue
+        kept.append(a)
+    return kept, skipped
+
+
 def run_bench(cfg: BenchConfig, command: str = "") -> dict:
     """Run everything for one run folder and write its bench outputs; returns the report dict."""
     from benchmarks.edge_report import write_outputs
@@ -270,13 +199,40 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
                          num_classes=len(classes) if classes else 10)
     print(f"bench-edge {run.root}: teacher {teacher_name}, student {summary.get('student', {}).get('name')}, "
           f"batches {list(cfg.batches)}, threads {list(cfg.threads)}", flush=True)
-    latency = measure_latency(cfg, export, teacher)
+    arts, skipped = _artifacts(export)
+    for line in edge_runtimes.skip_lines(skipped):
+        print(f"  {line}", flush=True)
+    shape = input_shape(export)
+    latency = edge_runtimes.measure_latency(arts, teacher, cfg.batches, cfg.threads, cfg.timing, cfg.rounds, cfg.seed,
+                                            shape, cfg.ort, skipped)
+    lost = [s for s in skipped if s["key"] in ORT_ROLES]
+    if lost:
+        raise ToolkitError(f"{lost[0]['key']} cannot run on ONNX Runtime: {lost[0]['reason']}")
     accuracy, logits, images, labels = measure_accuracy(cfg, export, teacher)
+    for key in accuracy["models"]:
+        accuracy["models"][key]["n"] = accuracy["n"]
+    edge_runtimes.add_twin_figures(accuracy["models"], logits)
+    classes_ = list(next(iter(accuracy["models"].values()))["per_class"])
+    export_top1 = {k: (e.accuracy or {}).get("top1") for k, e in export.manifest.models.items()}
+    accuracy["models"].update(edge_runtimes.measure_accuracy(
+        arts, logits, images, labels, classes_, max(cfg.threads), cfg.eval_batch, cfg.fixed_batch_images, cfg.ort,
+        skipped, export_top1))
+    accuracy["fixed_batch_images"] = min(cfg.fixed_batch_images, accuracy["n"])
     print(f"  accuracy on {accuracy['n']} test images: "
-          + ", ".join(f"{k} {v['top1']:.2f}%" for k, v in accuracy["models"].items()), flush=True)
+          + ", ".join(f"{k} {v['top1']:.2f}%" + (f" (n={v['n']})" if v.get("n") != accuracy["n"] else "")
+                      for k, v in accuracy["models"].items()), flush=True)
+    arts = [a for a in arts if not any(s["key"] == a.key for s in skipped)]
+    memory = None
+    if cfg.memory:
+        n_classes = len(classes) if classes else 10
+        eager = {"key": EAGER_KEY, "path": str(teacher_ckpt if teacher_ckpt.is_file() else run.checkpoint("teacher")),
+                 "model": teacher_name, "num_classes": n_classes}
+        memory = {"method": edge_memory.METHOD.format(runs=cfg.memory_runs),
+                  "models": edge_memory.measure_all(arts, shape, eager, cfg.memory_runs)}
     aarch64 = _aarch64(cfg, export, logits, images, labels)
+    ship = export.manifest.shipped_student
     report = {
-        "schema": REPORT_SCHEMA, "schema_version": 1, "run": run.root.name, "run_dir": str(run.root),
+        "schema": REPORT_SCHEMA, "schema_version": SCHEMA_VERSION, "run": run.root.name, "run_dir": str(run.root),
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
         "preset": summary.get("preset"),
         "machine": {**machine_info(cfg.threads), "load_average_1min": {"start": load_start, "end": _loadavg()}},
@@ -284,10 +240,14 @@ def run_bench(cfg: BenchConfig, command: str = "") -> dict:
                      "interleaved_rounds": cfg.rounds,
                      "seed": cfg.seed, "input": f"numpy default_rng(seed).random((batch, {', '.join(map(str, input_shape(export)))})) float32 in [0, 1)",
                      "ort_settings": cfg.ort.to_dict(), "inter_op_threads_torch": "default",
-                     "test_subset": cfg.test_subset, "quick": cfg.quick, "speedup_basis": "p50"},
+                     "test_subset": cfg.test_subset, "quick": cfg.quick, "speedup_basis": "p50",
+                     "fixed_batch_images": cfg.fixed_batch_images, "memory": cfg.memory, "memory_runs": cfg.memory_runs},
         "export": {"folder": str(export.folder), "schema": export.schema, "max_int8_drop": export.max_int8_drop},
-        "models": _model_table(export, summary, teacher_ckpt, count_params(teacher)),
+        "models": _model_table(export, summary, teacher_ckpt, count_params(teacher), arts),
         "latency": latency, "speedups": speedups(latency), "accuracy": accuracy, "aarch64": aarch64,
+        "artifacts": [a.to_dict() for a in arts], "skipped": skipped, "memory": memory,
+        "pareto": pareto(latency, common_accuracy(logits, labels)), "ship": ship,
+        "runtime_speedups": edge_runtimes.runtime_speedups(latency, arts, ship),
     }
     bench_dir = run.bench_dir
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -332,6 +292,11 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
                    help="ONNX Runtime graph optimisation level (default all)")
     p.add_argument("--no-spin", action="store_true", help="disable intra-op thread spinning")
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: toolkit.data search order)")
+    p.add_argument("--fixed-batch-images", type=int, default=100_000,
+                   help="test images each fixed-batch artifact (.b1.ort, .pte) is scored on, in a loop at its batch "
+                        "(default: all, within --test-subset; the Pareto view uses the images every artifact saw)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak-memory check (one fresh subprocess per artifact)")
     args = p.parse_args(argv)
 
     run = resolve_run(args.run)
@@ -356,7 +321,7 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
         aarch64_images=args.aarch64_images if args.aarch64_images is not None else base.aarch64_images,
         aarch64_fp32_images=args.aarch64_fp32_images if args.aarch64_fp32_images is not None else base.aarch64_fp32_images,
         ort=OrtSettings(graph_optimization=args.graph_opt, allow_spinning=not args.no_spin),
-        data_dir=args.data_dir)
+        data_dir=args.data_dir, fixed_batch_images=args.fixed_batch_images, memory=args.memory)
     cfg.validate()
     return cfg
 

@@ -1,25 +1,37 @@
-"""Pipeline speed, side by side on one machine: the reference way vs this toolkit's way.
+"""Pipeline speed, side by side on one machine: the reference way vs this toolkit's way, one row per change.
 
-    python -m benchmarks.bench_pipeline [--model mobilenetv2_cifar_L5] [--teacher mobilenetv2_cifar]
-        [--train-images 2048] [--ig-images 16] [--threads 2]
+    python -m benchmarks.bench_pipeline [--model mobilenetv2_cifar_L5] [--teachers mobilenetv2_cifar,resnet56]
+        [--train-images 2048] [--ig-images 16] [--repeats 3] [--threads 2] [--compile on|off] [--quick]
+        [--out reports/pipeline]
 
-(a) reference: torchvision PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor) through a
-    DataLoader over PIL images, fp32 eager student training with Adam (batch 64); captum IntegratedGradients,
-    fp32, internal_batch_size 8.
-(b) ours: in-memory uint8 tensors, batched crop/flip (toolkit.data.augment), bf16 autocast + channels_last
-    training; toolkit.attribution.compute_ig_maps (bf16).
-Prints images/s and the speed-up for student training and IG precomputation, and the bf16 cost proxies
-(IG map agreement with captum fp32, overlay change, student logits agreement).
+Training (student ``--model``, plain CE; the first ``--warmup-batches`` of every epoch are not timed):
+  reference   torchvision PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor) through a
+              DataLoader over PIL images, fp32 eager, Adam, batch 64 (the reference code's way)
+  ours rows   uint8 tensors + batched crop/flip (toolkit.data.augment), batch 128, then one change per row:
+              fp32 -> bf16 autocast + channels_last + fp32 strided depthwise -> + torch.compile -> + fused optimizer
+IG (each of ``--teachers``, ``--ig-steps`` Gauss-Legendre steps, ``--ig-images`` training images):
+  reference   captum IntegratedGradients, fp32, internal_batch_size 200 (the reference code's plain use)
+  ours rows   compute_ig_maps fp32 -> bf16 -> larger passes (max_rows) -> compiled -> 16 steps -> ig.steps=auto's count
+
+Every variant is built once; then its timed pass is repeated ``--repeats`` times, the variants alternated within each
+repeat (the reference first), so other jobs on a shared CPU slow both sides alike. Each row gives the median and
+min-max of images/s and of the per-repeat ratio to the reference (same repeat) and to the row it builds on.
+Writes ``bench-pipeline.json`` and ``bench-pipeline.md`` under ``--out`` (atomic), with the command, CPU model and
+flags, torch version, threads and the load average at start and end.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import platform
+import shlex
+import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,15 +40,63 @@ import torch.nn.functional as F
 from toolkit import ToolkitError
 from toolkit.config import IGConfig, OverlayConfig
 
+REPO = Path(__file__).resolve().parents[1]
+FLAGS_OF_NOTE = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+                 "asimd", "sve", "bf16", "i8mm")
+TEACHER_CHECKPOINTS = {"resnet56": "../shared/checkpoints/resnet-cifar10/resnet56-4bfd9763.th",
+                       "resnet20": "../shared/checkpoints/resnet-cifar10/resnet20-12fca82f.th"}
 
-def _cpu_name() -> str:
+
+# ---------------------------------------------------------------- machine
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    name, flags = "", set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key = line.split(":", 1)[0].strip()
+            if key == "model name" and not name:
+                name = line.split(":", 1)[1].strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return name or platform.processor() or "unknown CPU", flags
+
+
+def _cpu_name() -> str:
+    return _cpuinfo()[0]
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (NaN where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return [float("nan")] * 3
+
+
+def machine_info() -> dict:
+    name, flags = _cpuinfo()
+    try:
+        mkldnn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001
+        mkldnn_bf16 = None
+    return {"cpu": name, "cores": os.cpu_count(), "flags": [f for f in FLAGS_OF_NOTE if f in flags],
+            "amx": any(f.startswith("amx") for f in flags), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkldnn_bf16": mkldnn_bf16,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
+            "values": [round(v, 4) for v in values]}
+
+
+# ---------------------------------------------------------------- training variants
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -56,42 +116,34 @@ class _PILDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class Rate:
-    """Images per wall-clock second, and per CPU-second of this process (all threads): the second is less
-    sensitive to other jobs sharing the CPU."""
-
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def stop(self, images: int) -> tuple[float, float]:
-        return images / (time.perf_counter() - self.wall), images / max(time.process_time() - self.cpu, 1e-9)
-
-
-def _fmt(rate: tuple[float, float]) -> str:
-    return f"{rate[0]:8.2f} img/s  ({rate[1]:.2f} img per CPU-s)"
-
-
-def _best(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    """Best wall rate and best CPU rate over repeats (other jobs on a shared CPU only ever slow a run down)."""
-    return max(r[0] for r in runs), max(r[1] for r in runs)
-
-
-def _timed_epoch(step, batches, warmup: int) -> tuple[float, float]:
-    """Run ``step(batch)`` over ``batches``; return the Rate excluding the first ``warmup`` batches."""
-    clock, seen = None, 0
+def _timed_epoch(step: Callable, batches, warmup: int) -> float:
+    """Run ``step(x, y)`` over ``batches``; images per wall second, the first ``warmup`` batches excluded."""
+    t0, seen = None, 0
     for i, (x, y) in enumerate(batches):
         if i == warmup:
-            clock = Rate()
+            t0 = time.perf_counter()
         step(x, y)
         if i >= warmup:
             seen += x.shape[0]
-    if clock is None or seen == 0:
+    if t0 is None or seen == 0:
         raise ToolkitError("too few training images for the warm-up batches; raise --train-images")
-    return clock.stop(seen)
+    return seen / (time.perf_counter() - t0)
 
 
-def bench_train_reference(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, workers: int,
-                          warmup: int) -> tuple[float, float]:
+@dataclasses.dataclass
+class Variant:
+    key: str
+    label: str
+    base: str | None
+    """The row this one adds its change to (``None``: the reference)."""
+    run: Callable[[], float]
+    """One timed pass; returns images per wall second."""
+    setup_s: float = 0.0
+    note: str = ""
+    rates: list = dataclasses.field(default_factory=list)
+
+
+def train_reference(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, workers: int, warmup: int) -> Callable[[], float]:
     from torchvision import transforms
 
     from toolkit.models import build_model
@@ -109,62 +161,101 @@ def bench_train_reference(model_name: str, images: torch.Tensor, labels: torch.T
         loss.backward()
         opt.step()
 
-    return _timed_epoch(step, loader, warmup)
+    return lambda: _timed_epoch(step, loader, warmup)
 
 
-def bench_train_ours(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, precision: str, compile_model: bool,
-                     warmup: int, fp32_depthwise: bool = True) -> tuple[float, float]:
+def train_ours(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch: int, warmup: int, *, precision: str,
+               channels_last: bool, fp32_depthwise: bool, compile_mode: str = "off", fused: bool = False
+               ) -> tuple[Callable[[], float], "object | None"]:
+    """Our training step as toolkit.distill.trainer runs it (one change at a time). Returns (timed pass, the
+    CompiledOrEager wrapper or None)."""
     from toolkit.attribution.ig import use_fp32_strided_depthwise
     from toolkit.data import index_batches, random_crop_flip, to_float
     from toolkit.device import autocast
+    from toolkit.distill.compile import maybe_compile
     from toolkit.models import build_model
 
     torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = build_model(model_name).train().to(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    model = build_model(model_name).train()
     if fp32_depthwise:
         use_fp32_strided_depthwise(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    fwd = torch.compile(model) if compile_model else model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
+    fwd = maybe_compile(model, compile_mode, cpu, "student", dynamic=False)
     g = torch.Generator().manual_seed(0)
 
     def batches():
         for idx in index_batches(images.shape[0], batch, g, drop_last=True):
             x, _ = random_crop_flip(to_float(images[idx]), g, 4)
-            yield x.contiguous(memory_format=torch.channels_last), labels[idx]
+            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), labels[idx]
 
     def step(x, y):
-        with autocast(device, precision):
+        with autocast(cpu, precision):
             loss = F.cross_entropy(fwd(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return _timed_epoch(step, batches(), warmup + (2 if compile_model else 0))
+    return (lambda: _timed_epoch(step, batches(), warmup)), (fwd if fwd is not model else None)
 
 
-def bench_ig_reference(teacher, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[tuple[float, float], torch.Tensor]:
+# ---------------------------------------------------------------- IG variants
+
+
+def ig_reference(teacher, images: torch.Tensor, labels: torch.Tensor, steps: int, internal_batch: int, group: int
+                 ) -> tuple[Callable[[], float], dict]:
+    """captum's plain use: IntegratedGradients(teacher).attribute(x, baselines, target, n_steps, gausslegendre,
+    internal_batch_size) in fp32, ``group`` images per call. Returns (timed pass, a dict receiving the maps)."""
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(teacher)
     x = images.float() / 255.0
-    base = teacher.normalize.mean.expand_as(x)
-    ig.attribute(x[:1], baselines=base[:1], target=labels[:1], n_steps=steps, method="gausslegendre", internal_batch_size=8)
-    clock = Rate()
-    # groups of 8 images, so captum really runs 8 interpolated rows per pass (it refuses fewer rows than images)
-    attr = torch.cat([ig.attribute(x[i : i + 8], baselines=base[i : i + 8], target=labels[i : i + 8], n_steps=steps,
-                                   method="gausslegendre", internal_batch_size=8) for i in range(0, x.shape[0], 8)])
-    return clock.stop(x.shape[0]), attr.abs().sum(1).detach()
+    base = teacher.normalize.mean.detach().reshape(1, 3, 1, 1).expand_as(x)
+    box: dict = {}
+    ig.attribute(x[:1], baselines=base[:1], target=labels[:1], n_steps=2, method="gausslegendre", internal_batch_size=internal_batch)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        attr = torch.cat([ig.attribute(x[i:i + group], baselines=base[i:i + group], target=labels[i:i + group], n_steps=steps,
+                                       method="gausslegendre", internal_batch_size=max(internal_batch, min(group, len(x) - i)))
+                          for i in range(0, x.shape[0], group)])
+        box["maps"] = attr.abs().sum(1).detach()
+        return x.shape[0] / (time.perf_counter() - t0)
+
+    return run, box
 
 
-def bench_ig_ours(teacher, images: torch.Tensor, labels: torch.Tensor, cfg: IGConfig, precision: str) -> tuple[tuple[float, float], torch.Tensor]:
-    from toolkit.attribution import compute_ig_maps
+def ig_ours(teacher, images: torch.Tensor, labels: torch.Tensor, cfg: IGConfig, precision: str, max_rows: int,
+            compile_mode: str = "off") -> tuple[Callable[[], float], dict]:
+    """compute_ig_maps' computation (same teacher preparation, batches and passes), with the prepared teacher made
+    (and compiled) once, as one compute_ig_maps call does for all its images. Returns (timed pass, maps box)."""
+    from toolkit.attribution.ig import (ig_attributions, ig_baseline, low_precision_dtype, prepare_teacher, quadrature)
+    from toolkit.distill.compile import maybe_compile
 
     cpu = torch.device("cpu")
-    compute_ig_maps(teacher, images[:1], labels[:1], cfg, cpu, precision, progress=False)
-    clock = Rate()
-    maps = compute_ig_maps(teacher, images, labels, cfg, cpu, precision, progress=False)
-    return clock.stop(images.shape[0]), maps
+    low = low_precision_dtype(precision)
+    model = prepare_teacher(teacher, cpu, fp32_strided_depthwise=low is not None)
+    model = maybe_compile(model, compile_mode, cpu, "IG teacher", dynamic=False)
+    weights, alphas = quadrature(cfg.method, cfg.steps)
+    baseline = ig_baseline(teacher, cfg.baseline)
+    box: dict = {"wrapper": model if compile_mode != "off" else None}
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        maps = []
+        for s in range(0, images.shape[0], cfg.batch_size):
+            x = images[s:s + cfg.batch_size].float().div_(255.0)
+            attr = ig_attributions(model, x, labels[s:s + cfg.batch_size], baseline, weights, alphas, precision, max_rows)
+            maps.append(attr.abs().sum(1))
+        box["maps"] = torch.cat(maps)
+        return images.shape[0] / (time.perf_counter() - t0)
+
+    if compile_mode == "off":
+        w2, a2 = quadrature(cfg.method, 2)
+        ig_attributions(model, images[:1].float() / 255, labels[:1], baseline, w2, a2, precision, max_rows)  # warm-up
+    return run, box
 
 
 def map_agreement(maps: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -195,30 +286,148 @@ def student_logit_agreement(model_name: str, images: torch.Tensor) -> dict:
             "logit_scale": float(ref.abs().max())}
 
 
+# ---------------------------------------------------------------- running and reporting
+
+
+def measure(variants: list[Variant], repeats: int, log: Callable[[str], None]) -> None:
+    """``repeats`` rounds; in each, every variant's timed pass once, in order (the reference first)."""
+    for r in range(repeats):
+        for v in variants:
+            v.rates.append(v.run())
+        log(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{v.key} {v.rates[-1]:.2f}" for v in variants))
+
+
+def rows_of(variants: list[Variant]) -> list[dict]:
+    by_key = {v.key: v for v in variants}
+    ref = variants[0]
+    rows = []
+    for v in variants:
+        row = {"key": v.key, "label": v.label, "base": v.base, "note": v.note, "setup_s": round(v.setup_s, 2),
+               "img_per_s": spread(v.rates), "vs_reference": spread([a / b for a, b in zip(v.rates, ref.rates)])}
+        if v.base is not None:
+            base = by_key[v.base]
+            row["vs_base"] = spread([a / b for a, b in zip(v.rates, base.rates)])
+        rows.append(row)
+    return rows
+
+
+def _fmt_spread(s: dict, unit: str = "", digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def write_reports(out: Path, result: dict) -> None:
+    from toolkit.io import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "bench-pipeline.json", result)
+    m = result["machine"]
+    lines = ["# Pipeline speed: ours vs the reference way, side by side", "",
+             f"Command: `{result['command']}`", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, flags {', '.join(m['flags']) or 'none of note'} "
+             f"(AMX: {'yes' if m['amx'] else 'no'}); torch {m['torch']} (CPU capability {m['cpu_capability']}); "
+             f"{result['threads']} threads; load average (1/5/15 min) {' / '.join(f'{v:.2f}' for v in result['load_start'])} "
+             f"at start, {' / '.join(f'{v:.2f}' for v in result['load_end'])} at end; {result['wall_s']:.0f} s wall. "
+             f"Data: {result['data']}.", "",
+             f"Each figure: median (min-max) over {result['repeats']} repeats; the variants alternate within each repeat, "
+             "and each ratio is taken within one repeat (same load). 'vs base' is the gain of the row's one change over "
+             "the row named in 'builds on'.", ""]
+    if "train" in result:
+        t = result["train"]
+        lines += [f"## Training: {t['model']}, {t['images']} images per pass ({t['warmup_batches']} warm-up batches "
+                  "excluded), plain CE", "",
+                  "| row | builds on | img/s | vs reference | vs base | set-up s | note |", "|---|---|---:|---:|---:|---:|---|"]
+        for r in t["rows"]:
+            lines.append(f"| {r['label']} | {r['base'] or '-'} | {_fmt_spread(r['img_per_s'], '', 1)} | "
+                         f"{_fmt_spread(r['vs_reference'], 'x')} | {_fmt_spread(r['vs_base'], 'x') if 'vs_base' in r else '-'} | "
+                         f"{r['setup_s']:.1f} | {r['note']} |")
+        if "bf16_logits" in t:
+            a = t["bf16_logits"]
+            lines += ["", f"bf16 cost proxy: a fresh student's logits bf16 vs fp32 on 256 images: top-1 agreement "
+                          f"{a['top1_agree']:.3f}, max |diff| {a['max_abs_logit_diff']:.3g} (logit scale {a['logit_scale']:.3g})."]
+        lines.append("")
+    for ig in result.get("ig", []):
+        lines += [f"## IG: {ig['teacher']} ({ig['weights']}), {ig['images']} images, {ig['steps']} steps unless the row "
+                  "says otherwise", "",
+                  "| row | builds on | img/s | vs reference | vs base | set-up s | maps vs captum fp32 (corr) | note |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in ig["rows"]:
+            corr = r.get("agreement", {}).get("corr")
+            lines.append(f"| {r['label']} | {r['base'] or '-'} | {_fmt_spread(r['img_per_s'], '', 2)} | "
+                         f"{_fmt_spread(r['vs_reference'], 'x')} | {_fmt_spread(r['vs_base'], 'x') if 'vs_base' in r else '-'} | "
+                         f"{r['setup_s']:.1f} | {'-' if corr is None else f'{corr:.4f}'} | {r['note']} |")
+        lines.append("")
+    if result.get("aims"):
+        lines += ["## Aims", "", "| aim | target | best measured (median, min-max) | row | met |", "|---|---:|---:|---|---|"]
+        for a in result["aims"]:
+            lines.append(f"| {a['aim']} | {a['target']} | {a['measured']} | {a['row']} | {a['met']} |")
+        lines.append("")
+    atomic_write_text(out / "bench-pipeline.md", "\n".join(lines))
+
+
+def _aims(result: dict) -> list[dict]:
+    aims = []
+    if "train" in result:
+        best = max(result["train"]["rows"][1:], key=lambda r: r["vs_reference"]["median"])
+        s = best["vs_reference"]
+        aims.append({"aim": f"train {result['train']['model']} vs the reference way", "target": ">= 2.5x",
+                     "measured": _fmt_spread(s, "x"), "row": best["label"],
+                     "met": "yes" if s["median"] >= 2.5 else f"no ({s['median'] / 2.5:.1%} of it)"})
+    for ig in result.get("ig", []):
+        same = [r for r in ig["rows"][1:] if r.get("steps") == ig["steps"]]
+        for what, rows in (("same steps", same), ("with fewer steps", ig["rows"][1:])):
+            if not rows:
+                continue
+            best = max(rows, key=lambda r: r["vs_reference"]["median"])
+            s = best["vs_reference"]
+            aims.append({"aim": f"IG {ig['teacher']} vs captum's plain use ({what})", "target": ">= 8x",
+                         "measured": _fmt_spread(s, "x"), "row": best["label"],
+                         "met": "yes" if s["median"] >= 8 else f"no ({s['median'] / 8:.1%} of it)"})
+    return aims
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="mobilenetv2_cifar_L5", help="student trained in the training benchmark")
-    p.add_argument("--teacher", default="mobilenetv2_cifar", help="teacher for the IG benchmark")
-    p.add_argument("--teacher-checkpoint", default=None, help="trained teacher weights (default: random init)")
+    p.add_argument("--teachers", default="mobilenetv2_cifar,resnet56",
+                   help="teachers for the IG benchmark (resnet56/resnet20 load ../shared/checkpoints; others random init)")
     p.add_argument("--train-images", type=int, default=2048)
     p.add_argument("--ig-images", type=int, default=16)
     p.add_argument("--ig-steps", type=int, default=50)
+    p.add_argument("--ig-rows", default="32,64,128", help="max_rows per IG pass to try (the first is the default)")
+    p.add_argument("--ref-ig-internal-batch", type=int, default=200, help="captum internal_batch_size (the reference's 200)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ref-batch-size", type=int, default=64, help="reference training batch (the paper's 64)")
     p.add_argument("--batch-size", type=int, default=128, help="our training batch")
     p.add_argument("--ref-workers", type=int, default=0, help="DataLoader workers for the reference")
-    p.add_argument("--compile", action="store_true", help="torch.compile our student (adds compile time before timing)")
+    p.add_argument("--compile", choices=["on", "train", "off"], default="on",
+                   help="include the torch.compile rows (train: the training row only)")
     p.add_argument("--warmup-batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="alternate the variants this many times; report the best")
+    p.add_argument("--repeats", type=int, default=3, help="alternated repeats of every variant (median, min-max)")
     p.add_argument("--skip", choices=["train", "ig"], action="append", default=[], help="skip a part")
     p.add_argument("--synthetic", action="store_true", help="synthetic images instead of CIFAR-10")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for tests: synthetic data, 96 training images in batches of 16/32, 2 IG images at 4 "
+                        "steps, 2 repeats, 1 thread, no compile rows, teacher mobilenetv2_cifar only")
+    p.add_argument("--out", default="reports/pipeline", help="folder for bench-pipeline.json and .md")
     args = p.parse_args(argv)
+    args.command = "python -m benchmarks.bench_pipeline" + ("".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
+    if args.quick:
+        args.synthetic, args.train_images, args.ig_images, args.ig_steps, args.repeats = True, 96, 2, 4, 2
+        args.batch_size, args.ref_batch_size, args.warmup_batches, args.compile = 32, 16, 1, "off"
+        args.teachers, args.ig_rows, args.threads = "mobilenetv2_cifar", "32,64", 1
     try:
         return _run(args)
     except ToolkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _write_partial(args: argparse.Namespace, result: dict, t_start: float) -> None:
+    """Write the report of what is measured so far (each section as it finishes)."""
+    result["aims"] = _aims(result)
+    result["load_end"] = load_average()
+    result["wall_s"] = time.perf_counter() - t_start
+    write_reports(Path(args.out), result)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -227,77 +436,121 @@ def _run(args: argparse.Namespace) -> int:
 
     if min(args.threads, args.train_images, args.ig_images, args.repeats) < 1:
         raise ToolkitError("--threads, --train-images, --ig-images and --repeats must be >= 1")
+    teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    ig_rows = [int(r) for r in args.ig_rows.split(",") if r.strip()]
     get_spec(args.model)
-    get_spec(args.teacher)
+    for t in teachers:
+        get_spec(t)
     torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    load_start = load_average()
     data = make_synthetic(n_train_per_class=max(args.train_images, args.ig_images) // 10 + 1) if args.synthetic else load_cifar10()
     train = data.train
     n_train = min(args.train_images, len(train))
     images, labels = train.images[:n_train], train.labels[:n_train]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"hardware: {_cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; threads {args.threads}; "
-          f"load average at start {load:.2f}")
-    print(f"data: {data.description}")
-    results: dict = {"threads": args.threads, "cpu": _cpu_name(), "data": data.description, "load_at_start": load}
+    machine = machine_info()
+    print(f"hardware: {machine['cpu']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}; torch {torch.__version__}; "
+          f"threads {args.threads}; load average at start {load_start}")
+    result: dict = {"command": args.command, "machine": machine, "threads": args.threads, "data": data.description,
+                    "repeats": args.repeats, "load_start": load_start, "units": "images per wall-clock second"}
+
+    def log(text: str) -> None:
+        print(text, flush=True)
 
     if "train" not in args.skip:
-        print(f"\n== student training: {args.model}, {n_train} images, warm-up {args.warmup_batches} batches excluded, "
-              f"best of {args.repeats} alternated runs ==")
-        tag = " + torch.compile" if args.compile else ""
-        runs: dict[str, list] = {"ref": [], "plain": [], "ours": []}
-        for _ in range(args.repeats):
-            runs["ref"].append(bench_train_reference(args.model, images, labels, args.ref_batch_size, args.ref_workers, args.warmup_batches))
-            runs["plain"].append(bench_train_ours(args.model, images, labels, args.batch_size, "bf16", args.compile, args.warmup_batches, False))
-            runs["ours"].append(bench_train_ours(args.model, images, labels, args.batch_size, "bf16", args.compile, args.warmup_batches, True))
-        ref, plain, ours = _best(runs["ref"]), _best(runs["plain"]), _best(runs["ours"])
-        print(f"(a)  reference PIL transforms + DataLoader(workers={args.ref_workers}), fp32, batch {args.ref_batch_size}: {_fmt(ref)}")
-        print(f"(b0) ours      uint8 tensors + batched crop/flip, bf16 autocast + channels_last{tag}, batch {args.batch_size}: "
-              f"{_fmt(plain)}")
-        print(f"(b)  ours      (b0) + strided depthwise convs in fp32 (Float32Conv2d): {_fmt(ours)}")
-        print(f"     speed-up (b)/(a): {ours[0] / ref[0]:.2f}x wall, {ours[1] / ref[1]:.2f}x per CPU-s;  "
-              f"(b0)/(a): {plain[0] / ref[0]:.2f}x wall, {plain[1] / ref[1]:.2f}x per CPU-s")
-        results["train"] = {"model": args.model, "images": n_train, "reference": ref, "ours": ours, "ours_without_fp32_depthwise": plain,
-                            "speedup_wall": ours[0] / ref[0], "speedup_cpu": ours[1] / ref[1], "ref_batch": args.ref_batch_size,
-                            "our_batch": args.batch_size, "compile": args.compile, "units": "[img/s wall, img per CPU-s]"}
-        agree = student_logit_agreement(args.model, images[:256])
-        print(f"    bf16 proxy: student logits bf16 vs fp32 on 256 images: top-1 agreement {agree['top1_agree']:.3f}, "
-              f"max |diff| {agree['max_abs_logit_diff']:.3g} (logit scale {agree['logit_scale']:.3g})")
-        results["train"]["bf16_logits"] = agree
+        log(f"\n== student training: {args.model}, {n_train} images per pass ==")
+        w = args.warmup_batches
+        common = dict(model_name=args.model, images=images, labels=labels, batch=args.batch_size, warmup=w)
+        variants = [Variant("reference", f"reference: PIL + DataLoader(workers={args.ref_workers}), fp32, batch {args.ref_batch_size}",
+                            None, train_reference(args.model, images, labels, args.ref_batch_size, args.ref_workers, w))]
+        specs = [("fp32", "ours: uint8 tensors + batched crop/flip, fp32, batch %d" % args.batch_size, "reference",
+                  dict(precision="fp32", channels_last=False, fp32_depthwise=False)),
+                 ("bf16", "+ bf16 autocast + channels_last + fp32 strided depthwise", "fp32",
+                  dict(precision="bf16", channels_last=True, fp32_depthwise=True)),
+                 ("fused", "+ fused optimizer (Adam fused=True)", "bf16",
+                  dict(precision="bf16", channels_last=True, fp32_depthwise=True, fused=True))]
+        if args.compile in ("on", "train"):
+            specs.insert(2, ("compile", "+ torch.compile (inductor, student forward+backward)", "bf16",
+                             dict(precision="bf16", channels_last=True, fp32_depthwise=True, compile_mode="on")))
+        for key, label, base, kw in specs:
+            run, wrapper = train_ours(**common, **kw)
+            v = Variant(key, label, base, run)
+            if wrapper is not None:  # compile now (probe on the first batches), outside the timed passes
+                t0 = time.perf_counter()
+                run()
+                v.setup_s = time.perf_counter() - t0
+                v.note = f"compile + first pass {v.setup_s:.0f} s" + (f"; FELL BACK to eager: {wrapper.reason}" if wrapper.fell_back else "")
+            variants.append(v)
+        measure(variants, args.repeats, log)
+        result["train"] = {"model": args.model, "images": n_train, "warmup_batches": w, "ref_batch": args.ref_batch_size,
+                           "our_batch": args.batch_size, "rows": rows_of(variants)}
+        result["train"]["bf16_logits"] = student_logit_agreement(args.model, images[:256])
+        _write_partial(args, result, t_start)
 
     if "ig" not in args.skip:
-        teacher = (load_model(args.teacher, args.teacher_checkpoint) if args.teacher_checkpoint else build_model(args.teacher)).eval()
+        result["ig"] = []
         n_ig = min(args.ig_images, len(train))
         ig_images, ig_labels = train.images[:n_ig], train.labels[:n_ig]
-        weights = "trained weights " + args.teacher_checkpoint if args.teacher_checkpoint else "random-init weights"
-        print(f"\n== IG precomputation: {args.teacher} ({weights}), {n_ig} images, {args.ig_steps} Gauss-Legendre steps, "
-              f"best of {args.repeats} alternated runs ==")
-        cfg = IGConfig(steps=args.ig_steps)
-        runs = {"ref": [], "ours": []}
-        for _ in range(args.repeats):
-            rate, ref_maps = bench_ig_reference(teacher, ig_images, ig_labels, args.ig_steps)
-            runs["ref"].append(rate)
-            rate, ours_maps = bench_ig_ours(teacher, ig_images, ig_labels, cfg, "bf16")
-            runs["ours"].append(rate)
-        ref_rate, ours_rate = _best(runs["ref"]), _best(runs["ours"])
-        print(f"(a) reference  captum IntegratedGradients, fp32, internal_batch_size 8: {_fmt(ref_rate)}")
-        print(f"(b) ours       compute_ig_maps bf16 autocast (BN folded, fp32 strided depthwise, channels_last, "
-              f"32-row passes): {_fmt(ours_rate)}")
-        print(f"    speed-up {ours_rate[0] / ref_rate[0]:.2f}x wall, {ours_rate[1] / ref_rate[1]:.2f}x per CPU-s")
-        fp32_rate, fp32_maps = bench_ig_ours(teacher, ig_images, ig_labels, cfg, "fp32")
-        print(f"    ours fp32 (for the accuracy check): {_fmt(fp32_rate)}")
-        results["ig"] = {"teacher": args.teacher, "teacher_weights": weights, "images": n_ig, "steps": args.ig_steps,
-                         "reference": ref_rate, "ours_bf16": ours_rate, "ours_fp32": fp32_rate,
-                         "speedup_wall": ours_rate[0] / ref_rate[0], "speedup_cpu": ours_rate[1] / ref_rate[1],
-                         "units": "[img/s wall, img per CPU-s]"}
-        for name, maps in (("ours bf16", ours_maps), ("ours fp32", fp32_maps)):
-            a = map_agreement(maps, ref_maps)
-            print(f"    {name} vs captum fp32 maps: corr {a['corr']:.5f}, rel L2 err {a['rel_l2']:.2e}, overlay change "
-                  f"mean {a['overlay_mean_abs']:.2e} / max {a['overlay_max_abs']:.2e} ([0,1] units, prob 1, w 0.5)")
-            results["ig"][name.replace(" ", "_") + "_vs_captum_fp32"] = a
-    if args.json:
-        from toolkit.io import atomic_write_json
+        for name in teachers:
+            ckpt = TEACHER_CHECKPOINTS.get(name)
+            if ckpt and not args.synthetic and (REPO / ckpt).is_file():
+                teacher, weights = load_model(name, REPO / ckpt).eval(), f"trained, {Path(ckpt).name}"
+            else:
+                torch.manual_seed(0)
+                teacher, weights = build_model(name).eval(), "random-init weights (speed does not depend on them)"
+            log(f"\n== IG: {name} ({weights}), {n_ig} images, {args.ig_steps} steps ==")
+            cfg = IGConfig(steps=args.ig_steps)
+            ref_run, ref_box = ig_reference(teacher, ig_images, ig_labels, args.ig_steps, args.ref_ig_internal_batch, 16)
+            variants = [Variant("reference", f"reference: captum IntegratedGradients fp32, internal_batch_size "
+                                             f"{args.ref_ig_internal_batch}", None, ref_run)]
+            boxes, steps_of = {"reference": ref_box}, {"reference": args.ig_steps}
 
-        atomic_write_json(args.json, results)
+            def add(key, label, base, cfg_, precision, rows, compile_mode="off", note=""):
+                run, box = ig_ours(teacher, ig_images, ig_labels, cfg_, precision, rows, compile_mode)
+                v = Variant(key, label, base, run, note=note)
+                if compile_mode != "off":
+                    t0 = time.perf_counter()
+                    run()
+                    v.setup_s = time.perf_counter() - t0
+                    v.note = (note + "; " if note else "") + f"compile + first pass {v.setup_s:.0f} s"
+                    if box["wrapper"].fell_back:
+                        v.note += f"; FELL BACK to eager: {box['wrapper'].reason}"
+                variants.append(v)
+                boxes[key], steps_of[key] = box, cfg_.steps
+
+            add("fp32", f"ours fp32 (BN folded, frozen, channels_last, {ig_rows[0]}-row passes)", "reference", cfg, "fp32", ig_rows[0])
+            add("bf16", "+ bf16 autocast (fp32 strided depthwise)", "fp32", cfg, "bf16", ig_rows[0])
+            for rows in ig_rows[1:]:
+                add(f"bf16_rows{rows}", f"bf16, {rows}-row passes (larger IG batches)", "bf16", cfg, "bf16", rows)
+            if args.compile == "on":
+                add("compile", f"bf16 + torch.compile of the IG teacher, {ig_rows[0]}-row passes", "bf16", cfg, "bf16",
+                    ig_rows[0], "on")
+            add("steps16", "bf16, 16 steps (the cpu preset's)", "bf16", dataclasses.replace(cfg, steps=16), "bf16", ig_rows[0])
+            auto_note = ""
+            if not args.synthetic and not weights.startswith("random"):
+                from toolkit.attribution.steps import choose_ig_steps
+
+                t0 = time.perf_counter()
+                choice = choose_ig_steps(teacher, train.images, train.labels, IGConfig(steps="auto", auto_sample=32), torch.device("cpu"), "bf16")
+                auto_note = (f"chosen on 32 seeded train images in {time.perf_counter() - t0:.0f} s (one-off; "
+                             f"reports/pipeline/ig-steps.md)")
+                add("auto", f"bf16, ig.steps=auto -> {choice.steps} steps", "steps16", dataclasses.replace(cfg, steps=choice.steps),
+                    "bf16", ig_rows[0], note=auto_note)
+            measure(variants, args.repeats, log)
+            rows = rows_of(variants)
+            for row in rows:
+                row["steps"] = steps_of[row["key"]]
+                if row["key"] != "reference" and steps_of[row["key"]] == args.ig_steps:
+                    row["agreement"] = map_agreement(boxes[row["key"]]["maps"], ref_box["maps"])
+            result["ig"].append({"teacher": name, "weights": weights, "images": n_ig, "steps": args.ig_steps, "rows": rows})
+            _write_partial(args, result, t_start)
+
+    result.pop("partial", None)
+    out = Path(args.out)
+    _write_partial(args, result, t_start)
+    print(f"\nwrote {out / 'bench-pipeline.json'} and {out / 'bench-pipeline.md'}")
+    for a in result["aims"]:
+        print(f"aim {a['aim']}: target {a['target']}, measured {a['measured']} ({a['row']}): {a['met']}")
     return 0
 
 

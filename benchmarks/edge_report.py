@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.edge_report_runtimes import plot_pareto, runtime_sections
 from toolkit.io import atomic_write_bytes, atomic_write_text
 
 MODEL_LABELS = {
@@ -12,6 +13,7 @@ MODEL_LABELS = {
     "teacher.fp32": "teacher ORT fp32",
     "student.fp32": "student ORT fp32",
     "student.int8": "student ORT int8",
+    "teacher.int8": "teacher ORT int8 (baseline)",
 }
 MODEL_ORDER = tuple(MODEL_LABELS)
 
@@ -189,6 +191,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"_{a64['note']}._"]
     else:
         lines.append(f"{a64.get('status', 'skipped')}: {a64.get('message', '')}")
+    lines += runtime_sections(report)
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
@@ -278,6 +281,9 @@ def write_outputs(report: dict, bench_dir: Path) -> list[str]:
     if report.get("accuracy"):
         plots.append("accuracy_vs_latency.png")
         plot_accuracy_vs_latency(report, bench_dir / plots[1])
+    if (report.get("pareto") or {}).get("points"):
+        plots.append("pareto.png")
+        plot_pareto(report, bench_dir / plots[-1], _save)
     report["plots"] = plots
     cmp = comparison(report)
     report["comparison"] = cmp

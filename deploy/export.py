@@ -1,7 +1,9 @@
 """``python -m deploy.export --run runs/<name>``: export, simplify, parity-check and quantize a run's models.
 
-Writes ``runs/<name>/export/``: ``student.fp32.onnx``, ``student.int8.onnx``, ``teacher.fp32.onnx``, the int8
-sensitivity report (``sensitivity.csv``, ``sensitivity.png``) and ``manifest.json`` (schema: ``deploy.manifest``).
+Writes ``runs/<name>/export/``: ``student.fp32.onnx``, ``student.int8.onnx``, ``teacher.fp32.onnx``,
+``teacher.int8.onnx`` (a baseline: the teacher quantized with the student's PTQ recipe, recorded and never gated,
+``deploy.teacher_int8``; ``--no-teacher-int8`` skips it), the int8 sensitivity report (``sensitivity.csv``,
+``sensitivity.png``) and ``manifest.json`` (schema: ``deploy.manifest``).
 Every int8 choice (calibration method, fallback nodes, the budget, which student ships) is made on the run's
 validation images (``deploy.fallback``); the test images are measured once, after all of them. All work happens in a
 hidden staging folder inside ``export/``; only when every step and check has passed are the files moved into place
@@ -34,6 +36,7 @@ from deploy.fallback import (
 )
 from deploy.manifest import MANIFEST_NAME, DeployError, Manifest, Normalization, read_manifest, sha256_file
 from deploy.parity import DEFAULT_ATOL, check_parity
+from deploy.teacher_int8 import quantize_teacher
 from deploy.steps import (
     AUTO_CALIBRATION, CALIBRATIONS, EXPORTERS, ExportOnnxConfig, GateError, QuantizeConfig, StepRecord, check_io,
     export_onnx, gate_figures, onnx_logits, simplify_onnx, top1,
@@ -69,6 +72,8 @@ class ExportConfig:
     """int8 budget: largest allowed fp32 - int8 top-1 drop on the validation images, in percentage points."""
     int8: Int8Config = field(default_factory=Int8Config)
     data_dir: str | None = None
+    teacher_int8: bool = True
+    """Also quantize the teacher with the student's PTQ recipe (``deploy.teacher_int8``): a recorded baseline."""
 
     def validate(self) -> None:
         self.export.validate()
@@ -164,8 +169,11 @@ def run_export(run_path: str | os.PathLike, cfg: ExportConfig | None = None,
         # ---- every int8 decision, on validation images only
         d, gate, report = _decide_int8(run, staging, cfg, calib, (val_x, val_y), sens_x, hooks, pipeline, log)
         latency, ship, reason = _time_and_ship(d, staging, cfg, tuple(int(v) for v in val_x.shape[2:]), pipeline, log)
+        if cfg.teacher_int8:  # a baseline, recorded and never gated: no decision depends on it
+            made["teacher.int8"] = quantize_teacher(d, staging, cfg.quantize, calib, (val_x, val_y), cfg.max_drop,
+                                                    pipeline, log)
         # ---- all decisions are made: the test images are read from here on, and only measured
-        test = _measure_test(data, cfg, run_config, staging, pipeline, log)
+        test = _measure_test(data, cfg, run_config, staging, pipeline, log, made.get("teacher.int8") is not None)
         manifest = build_manifest(run, data, cfg, d, made, test, gate, latency, ship, reason, report, val_selection,
                                   len(val_y), calib_idx, staging)
         record = manifest.to_dict()
@@ -264,20 +272,25 @@ def _export_role(role: str, summary: dict, run: RunFolder, data: ExportData, cfg
 
 
 def _measure_test(data: ExportData, cfg: ExportConfig, run_config: dict, staging: Path, pipeline: list[StepRecord],
-                  log: Callable[[str], None]) -> dict[str, Any]:
-    """Logits of the three models on the first N test images (after every decision); their accuracies."""
+                  log: Callable[[str], None], teacher_int8: bool = False) -> dict[str, Any]:
+    """Logits of the models on the first N test images (after every decision); their accuracies."""
     t0 = time.perf_counter()
     n = cfg.test_subset or (run_config.get("data") or {}).get("test_subset") or len(data.test)
     n = min(int(n), len(data.test))
     x, y = data.test.images[:n].numpy(), data.test.labels[:n].numpy()
-    logits = {key: onnx_logits(staging / f"{key}.onnx", x) for key in ("student.fp32", "student.int8", "teacher.fp32")}
+    keys = ("student.fp32", "student.int8", "teacher.fp32") + (("teacher.int8",) if teacher_int8 else ())
+    logits = {key: onnx_logits(staging / f"{key}.onnx", x) for key in keys}
     acc = {key: round(top1(v, y), 4) for key, v in logits.items()}
     figures = gate_figures(logits["student.fp32"], logits["student.int8"], y, cfg.max_drop)
+    out = {"n": n, "top1": acc, "int8": figures}
+    if teacher_int8:
+        out["teacher_int8"] = gate_figures(logits["teacher.fp32"], logits["teacher.int8"], y, cfg.max_drop)
     pipeline.append(StepRecord("test_accuracy", [f"{k}.onnx" for k in logits], [], {"split": "test", "n": n},
                                {"top1": acc, "int8_drop_points": figures["drop_points"]}, time.perf_counter() - t0))
     log(f"test (measured after every decision, {n} images): student fp32 {acc['student.fp32']:.2f}%, int8 "
-        f"{acc['student.int8']:.2f}% (drop {figures['drop_points']:.2f}), teacher {acc['teacher.fp32']:.2f}%")
-    return {"n": n, "top1": acc, "int8": figures}
+        f"{acc['student.int8']:.2f}% (drop {figures['drop_points']:.2f}), teacher {acc['teacher.fp32']:.2f}%"
+        + (f", teacher int8 {acc['teacher.int8']:.2f}% (baseline)" if teacher_int8 else ""))
+    return out
 
 
 def _commit(staging: Path, export_dir: Path, files: list[str], manifest: dict, stale: Sequence[str] = ()) -> None:
@@ -325,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="parity bound on |logit diff| (default 1e-4)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: the run config's, then the usual places)")
+    p.add_argument("--no-teacher-int8", dest="teacher_int8", action="store_false",
+                   help="skip the teacher int8 baseline (the teacher quantized with the student's recipe; never gates)")
     return p
 
 
@@ -339,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         atol=args.atol, test_subset=args.test_subset, val_subset=args.val_subset, max_drop=args.max_drop,
         int8=Int8Config(max_float_nodes=args.max_float_nodes, sensitivity_images=args.sensitivity_images,
                         allow_budget_miss=args.allow_budget_miss, min_speedup=args.min_speedup),
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, teacher_int8=args.teacher_int8,
     )
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 import toolkit
-from deploy import sensitivity
+from deploy import sensitivity, teacher_int8
 from deploy.export_data import ExportData
 from deploy.fallback import Int8Decision, decision_record
 from deploy.manifest import (
@@ -82,7 +82,14 @@ def build_manifest(run: RunFolder, data: ExportData, cfg: ExportConfig, d: Int8D
     entries["student.int8"] = model_entry(staging / "student.int8.onnx", "student", "int8", s["architecture"], s["norm"],
                                           s["ckpt"], acc8, parity8, cfg.export.exporter,
                                           {**d.final.record.config, "calibration": calibration})
-    entries = {k: entries[k] for k in ("student.fp32", "student.int8", "teacher.fp32")}
+    tq = made.get("teacher.int8")
+    if tq is not None and "teacher_int8" in test:
+        t = made["teacher"]
+        acc, parity = teacher_int8.accuracy(tq, test, runtime)
+        entries[teacher_int8.KEY] = model_entry(tq["path"], "teacher", "int8", t["architecture"], t["norm"], t["ckpt"],
+                                                acc, parity, cfg.export.exporter,
+                                                {**tq["config"], "calibration": calibration, "baseline": True})
+    entries = {k: entries[k] for k in ("student.fp32", "student.int8", "teacher.fp32", teacher_int8.KEY) if k in entries}
     full = d.full.figures
     int8 = {"decisions_on": "validation", "validation_images": n_val, "max_drop": cfg.max_drop,
             "allow_budget_miss": cfg.int8.allow_budget_miss, **decision_record(d, cfg.max_drop, cfg.int8, n_val),

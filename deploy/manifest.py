@@ -10,6 +10,9 @@ Standard library and the bottom layer ``edgecommon`` only, so the device runtime
 Each ``ModelEntry`` names its file (relative to the manifest), sha256, size, opset, input/output tensors, the exact
 preprocessing (``Preprocessing``), accuracies, source checkpoint, parity figures and, for int8, quantization details.
 
+Optional ``runtime`` / ``format`` on an entry (default ``onnxruntime`` / ``onnx``) say what runs its file; entries
+added by ``deploy.targets`` (OpenVINO IR, ExecuTorch .pte) set them, and readers that ignore them still read the rest.
+
 Minor revisions only add optional fields, and a reader ignores fields it does not know, so any minor of version 1
 reads: minor 0 (no ``schema_minor``, ``ship`` or ``int8``) is read as before; minor 1 adds ``ship`` (the student to
 ship) and ``int8`` (decisions on validation: calibration choice, sensitivity summary, fallback, latency, accuracies).
@@ -101,6 +104,13 @@ class ModelEntry:
     parity: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
     exporter: str | None = None
+    runtime: str = "onnxruntime"
+    """What runs ``file``: ``onnxruntime`` (.onnx, .ort), ``openvino`` (IR .xml, its .bin beside it) or ``executorch``
+    (.pte); ``deploy.targets.runtimes.open_runner`` opens any of them."""
+    format: str = "onnx"
+    """``onnx``, ``ort``, ``openvino-ir`` or ``pte``."""
+    extra_files: dict[str, str] | None = None
+    """Files the model needs besides ``file`` (plain names beside the manifest) -> sha256, e.g. an OpenVINO IR's .bin."""
 
 
 @dataclass
@@ -180,8 +190,11 @@ def manifest_from_dict(raw: Any) -> Manifest:
             raise DeployError(f"manifest models.{key}: normalization needs 3 means and 3 positive stds")
         if p.channel_order != "RGB" or p.layout != "NCHW" or p.dtype != "float32":
             raise DeployError(f"manifest models.{key}: unsupported preprocessing {p.channel_order}/{p.layout}/{p.dtype}")
-        if Path(entry.file).name != entry.file:
-            raise DeployError(f"manifest models.{key}: file must be a plain name beside the manifest, got '{entry.file}'")
+        if entry.extra_files is not None and not isinstance(entry.extra_files, dict):
+            raise DeployError(f"manifest models.{key}: extra_files must map file names to sha256")
+        for name in [entry.file, *(entry.extra_files or {})]:
+            if Path(name).name != name:
+                raise DeployError(f"manifest models.{key}: file must be a plain name beside the manifest, got '{name}'")
     return manifest
 
 

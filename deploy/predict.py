@@ -1,7 +1,8 @@
 """Classify image files with an exported model: ``python -m deploy.predict manifest.json img.png [more|folder]``.
 
 Prints one line per image (``path: label prob, label prob, ...``) or JSON with ``--json``. Needs only numpy,
-onnxruntime and Pillow. Errors print one ``error: ...`` line to stderr and exit 2. The first image that is not of the
+onnxruntime and Pillow for ONNX / .ort models; ``--model <key>.openvino`` or ``<key>.pte`` entries (``deploy.targets``)
+need the ``openvino`` / ``executorch`` extra, and say so in one line when it is missing. Errors print one ``error: ...`` line to stderr and exit 2. The first image that is not of the
 model's input size gets one ``note:`` line on stderr saying how it is resized (e.g. a 640x480 photo becomes 32x32).
 """
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="manifest model key (default: the student the export shipped, "
                    f"manifest 'ship'; {DEFAULT_MODEL} for older manifests)")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model's runtime (default: the runtime's choice)")
     p.add_argument("--strict", action="store_true", help="refuse images that are not RGB of the model's input size instead of converting them")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text lines")
     return p

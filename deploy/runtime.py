@@ -100,7 +100,10 @@ def to_input(images_hwc: np.ndarray, scale: float = 1.0 / 255.0) -> np.ndarray:
 
 
 class Classifier:
-    """One exported model from a manifest, hash-verified, ready to classify image files or tensors."""
+    """One exported model from a manifest, hash-verified, ready to classify image files or tensors.
+
+    ONNX and .ort entries run in ONNX Runtime here; an entry whose ``runtime`` is ``openvino`` or ``executorch`` runs
+    through ``deploy.targets.runtimes.open_runner`` (one-line error naming the pip extra when it is not installed)."""
 
     def __init__(self, manifest: str | os.PathLike, model: str | None = None, threads: int | None = None,
                  strict: bool = False, verify: bool = True):
@@ -118,14 +121,30 @@ class Classifier:
         if not self.path.is_file():
             raise DeployError(f"model file missing: {self.path} (listed in {manifest_path})")
         if verify:
-            digest = sha256_file(self.path)
-            if digest != self.entry.sha256:
-                raise DeployError(f"model {self.path} fails its sha256 check (manifest {self.entry.sha256[:12]}..., "
-                                  f"file {digest[:12]}...): tampered or replaced")
-        self.session = create_session(self.path, threads)
-        inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != [self.entry.input.name]:
-            raise DeployError(f"model {self.path} has inputs {inputs}, manifest says '{self.entry.input.name}'")
+            for name, want in [(self.entry.file, self.entry.sha256), *(self.entry.extra_files or {}).items()]:
+                fpath = manifest_path.parent / name
+                if not fpath.is_file():
+                    raise DeployError(f"model file missing: {fpath} (listed in {manifest_path})")
+                digest = sha256_file(fpath)
+                if digest != want:
+                    raise DeployError(f"model {fpath} fails its sha256 check (manifest {want[:12]}..., "
+                                      f"file {digest[:12]}...): tampered or replaced")
+        self.runtime = getattr(self.entry, "runtime", None) or "onnxruntime"
+        self.session = None
+        """The ONNX Runtime session (.onnx / .ort entries); None for other runtimes, run through ``self._run``."""
+        if self.runtime == "onnxruntime":
+            self.session = create_session(self.path, threads)
+            inputs = [i.name for i in self.session.get_inputs()]
+            if inputs != [self.entry.input.name]:
+                raise DeployError(f"model {self.path} has inputs {inputs}, manifest says '{self.entry.input.name}'")
+            self._run = lambda x: self.session.run([self.entry.output.name], {self.entry.input.name: x})[0]
+        else:
+            try:  # OpenVINO IR / ExecuTorch .pte: deploy.targets.runtimes (not in the ONNX-only device package)
+                from deploy.targets.runtimes import open_runner
+            except ImportError:
+                raise DeployError(f"model '{self.key}' needs runtime {self.runtime}, and deploy.targets.runtimes is "
+                                  "not installed here (install the toolkit with its extra)") from None
+            self._run = open_runner(self.path, self.runtime, threads or 0)
         self.classes = list(self.manifest.classes)
         pre = self.entry.preprocessing
         self.size = (int(pre.image_size[0]), int(pre.image_size[1]))
@@ -133,14 +152,13 @@ class Classifier:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) in [0, 1] -> logits (N, classes) float32. A model with a fixed batch size (e.g. the
-        batch-1 variants for mobile providers) is run in chunks of that size."""
+        batch-1 variants for mobile providers, ExecuTorch .pte) is run in chunks of that size."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         fixed = self.entry.input.shape[0] if self.entry.input.shape else None
         step = fixed if isinstance(fixed, int) and fixed > 0 else len(x)
         if step and len(x) % step:
             raise DeployError(f"model {self.path.name} takes batches of exactly {step}; got {len(x)} images")
-        outs = [self.session.run([self.entry.output.name], {self.entry.input.name: x[i:i + step]})[0]
-                for i in range(0, len(x), step)] if step else []
+        outs = [self._run(x[i:i + step]) for i in range(0, len(x), step)] if step else []
         return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
 
     def preprocess_files(self, paths: list[str | os.PathLike]) -> np.ndarray:

@@ -29,7 +29,7 @@ from toolkit.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 500
 N_VAL = 500
-ARTIFACTS = ("student.fp32.onnx", "student.int8.onnx", "teacher.fp32.onnx", "manifest.json", "sensitivity.csv",
+ARTIFACTS = ("student.fp32.onnx", "student.int8.onnx", "teacher.fp32.onnx", "teacher.int8.onnx", "manifest.json", "sensitivity.csv",
              "sensitivity.png")
 _CACHE: dict[str, Path] = {}
 
@@ -79,7 +79,7 @@ def test_export_writes_checked_artifacts_and_manifest(exported, cifar10):
     assert raw["toolkit_version"] == toolkit.__version__
     assert manifest.classes == list(cifar10.classes)
     assert [s["step"] for s in raw["pipeline"]] == ["export", "simplify", "export", "simplify", "quantize", "sensitivity",
-                                                   "fallback", "accuracy_gate", "latency", "test_accuracy"]
+                                                   "fallback", "accuracy_gate", "latency", "teacher_int8", "test_accuracy"]
     assert raw["schema_minor"] == 1 and raw["data"]["decisions_on"] == "validation" and raw["data"]["val_images"] == N_VAL
     x = cifar10.test.images[:N_TEST].numpy().astype(np.float32) * np.float32(1 / 255)
     y = cifar10.test.labels[:N_TEST].numpy()

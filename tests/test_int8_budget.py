@@ -19,6 +19,7 @@ import torch
 
 import deploy.export as export_mod
 import deploy.fallback as fallback_mod
+import deploy.teacher_int8 as teacher_int8_mod
 from deploy.export import ExportConfig, Hooks, run_export
 from deploy.export_data import as_export_data, split_source, validation_rows
 from deploy.fallback import Int8Config, latency_summary, ship_decision
@@ -252,6 +253,8 @@ def test_test_split_is_read_only_after_every_decision(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "onnx_logits", spy("logits", export_mod.onnx_logits, 1))
     monkeypatch.setattr(fallback_mod, "onnx_logits", spy("logits", fallback_mod.onnx_logits, 1))
     monkeypatch.setattr(fallback_mod, "quantize_onnx", spy("quantize", fallback_mod.quantize_onnx, None))
+    monkeypatch.setattr(teacher_int8_mod, "onnx_logits", spy("logits", teacher_int8_mod.onnx_logits, 1))
+    monkeypatch.setattr(teacher_int8_mod, "quantize_onnx", spy("quantize", teacher_int8_mod.quantize_onnx, None))
     monkeypatch.setattr(fallback_mod, "node_sensitivity", spy("sensitivity", fallback_mod.node_sensitivity, 2))
     monkeypatch.setattr(export_mod, "time_students", spy("latency", export_mod.time_students, None))
     check_parity = export_mod.check_parity
@@ -264,8 +267,9 @@ def test_test_split_is_read_only_after_every_decision(tmp_path, monkeypatch):
     before, after = events[:first_test], events[first_test:]
     assert {e[0] for e in before} == {"parity", "logits", "quantize", "sensitivity", "latency"}
     assert {e[1] for e in before} <= {"val", "other", "-"} and ("logits", "val") in before
-    assert sum(e[0] == "quantize" for e in before) == 3 + 2  # three calibration methods, two fallback steps
-    assert after == [("logits", "test")] * 3  # student fp32, student int8, teacher: measured, nothing decided
+    # three calibration methods, two fallback steps, the teacher int8 baseline (its figures on validation images)
+    assert sum(e[0] == "quantize" for e in before) == 3 + 2 + 1
+    assert after == [("logits", "test")] * 4  # student fp32, student int8, teacher fp32 and int8: measured only
 
 
 def test_decisions_follow_validation_whatever_the_test_labels(tmp_path):

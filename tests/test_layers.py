@@ -1,7 +1,8 @@
 """The import rules between the layers (docs/architecture.md), checked on the source files with ``ast``.
 
 - ``edgecommon/``: the standard library, numpy and Pillow (``edgecommon.images``, the one image rule) only;
-- ``toolkit/``: never ``deploy`` or ``benchmarks``;
+- ``toolkit/``: never ``deploy`` or ``benchmarks``, except ``toolkit/compress/`` (``make compress``), the top floor that
+  drives training, export and benchmark; nothing else imports ``toolkit.compress``;
 - ``deploy/``: never ``benchmarks``; its device-side modules (copied to a device with ``edgecommon/``) and the aarch64 guest
   script only the standard library, numpy, onnxruntime, Pillow, ``edgecommon`` and other device-side modules.
 """
@@ -15,9 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICE_MODULES = ("deploy/runtime.py", "deploy/manifest.py", "deploy/predict.py", "deploy/latency.py")
+DEVICE_MODULES = ("deploy/runtime.py", "deploy/manifest.py", "deploy/predict.py", "deploy/latency.py",
+                  "deploy/time_candidates.py", "deploy/targets/__init__.py", "deploy/targets/runtimes.py")
 DEVICE_SCRIPTS = ("benchmarks/aarch64/infer.py",)
 DEVICE_THIRD_PARTY = {"numpy", "onnxruntime", "PIL"}
+DEVICE_OPTIONAL = {"deploy/targets/runtimes.py": {"openvino", "executorch", "torch"}}
+"""Runtimes a device-side module may load on demand (inside a function), for artifacts that need them; ExecuTorch's
+Python bindings take torch tensors."""
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 
@@ -60,12 +65,15 @@ def violations(path: Path, source: str | None = None) -> list[str]:
         rule = None
         if top == "edgecommon" and root not in STDLIB | {"numpy", "PIL", "edgecommon"}:
             rule = "edgecommon/ imports only the standard library, numpy and Pillow"
-        elif top == "toolkit" and root in ("deploy", "benchmarks"):
-            rule = "toolkit/ never imports deploy or benchmarks"
+        elif top == "toolkit" and root in ("deploy", "benchmarks") and not rel.startswith("toolkit/compress/"):
+            rule = "toolkit/ never imports deploy or benchmarks (only toolkit/compress/, the top floor, does)"
+        elif module.startswith("toolkit.compress") and not rel.startswith("toolkit/compress/"):
+            rule = "nothing below the top floor imports toolkit.compress"
         elif top == "deploy" and root == "benchmarks":
             rule = "deploy/ never imports benchmarks"
         if rel in DEVICE_MODULES + DEVICE_SCRIPTS and not (
-                root in STDLIB | DEVICE_THIRD_PARTY | {"edgecommon"} or _device_name(module)):
+                root in STDLIB | DEVICE_THIRD_PARTY | {"edgecommon"} | DEVICE_OPTIONAL.get(rel, set())
+                or _device_name(module)):
             rule = "device-side code imports only stdlib, numpy, onnxruntime, Pillow, edgecommon and device-side deploy"
         if rule:
             out.append(f"{rel}:{line} imports {module} ({rule})")

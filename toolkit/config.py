@@ -192,6 +192,11 @@ class RunConfig:
     precision: str = "auto"
     """``auto`` (bf16 autocast), ``bf16``, ``fp16`` (CUDA) or ``fp32``."""
     channels_last: bool = True
+    compile: str = "auto"
+    """torch.compile (inductor) of the model in each training step: ``off``, ``on`` (eager fallback with one warning
+    line when compilation fails) or ``auto``: only on device types where it was measured to gain
+    (toolkit.distill.compile.AUTO_COMPILE: none so far; on the 2-core AVX-512 CPU compiling cost more than it saved,
+    reports/pipeline/bench-pipeline.md)."""
     teacher_outputs: str = "online"
     """``online``: teacher run on the student's actual input (default); ``cached``: logits of the un-augmented
     image keyed by sample index (an approximation, labelled as such in the summary)."""
@@ -243,6 +248,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "data.augment": "auto", "data.padding": None, "data.rrc_scale_min": 0.25,
     "teacher.pretrained": False, "student.pretrained": False, "teacher.reset_head": False, "teacher.trust_pickle": False,
     "ig.auto_sample": 32, "ig.auto_seed": 0, "ig.auto_tolerance": 0.05, "ig.auto_min_corr": 0.99,
+    "compile": "auto",
 }
 """Settings added after runs and studies were first recorded, with the value that means "not used" (the behaviour
 from before the key existed: on CIFAR-10, ``data.augment=auto`` is the 4-px pad-and-crop every earlier run used).
@@ -389,6 +395,8 @@ def validate(cfg: RunConfig) -> None:
     from toolkit.models.registry import get_spec
 
     cfg.configuration = canonical_configuration(cfg.configuration)
+    if isinstance(cfg.compile, (bool, str)) and str(cfg.compile).lower() in ("true", "false"):
+        cfg.compile = "on" if str(cfg.compile).lower() == "true" else "off"  # YAML 1.1 reads on/off as booleans
     for stage in (cfg.teacher, cfg.student):
         if not isinstance(stage.model, str) or not stage.model:
             raise ToolkitError(f"model names must be strings such as resnet20 or torchvision:resnet18, got {stage.model!r}")
@@ -438,6 +446,7 @@ def validate(cfg: RunConfig) -> None:
          f"ig.steps must be a whole number >= 1 or auto, got {cfg.ig.steps!r}"),
         (cfg.ig.steps != "auto" or (cfg.ig.auto_sample >= 1 and cfg.ig.auto_tolerance >= 0),
          f"ig.auto_sample must be >= 1 and ig.auto_tolerance >= 0, got {cfg.ig.auto_sample} and {cfg.ig.auto_tolerance}"),
+        (cfg.compile in ("off", "auto", "on"), f"compile must be off, auto or on, got {cfg.compile!r}"),
         (cfg.ig.baseline in ("mean", "black"), f"ig.baseline must be mean or black, got '{cfg.ig.baseline}'"),
         (cfg.ig.target in ("label", "pred"), f"ig.target must be label or pred, got '{cfg.ig.target}'"),
     ]

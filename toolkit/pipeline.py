@@ -86,7 +86,7 @@ def prepare_teacher(cfg: RunConfig, run: RunFolder, data: PreparedData, device: 
                    precision=precision, channels_last=cfg.channels_last,
                    progress=cfg.progress if progress is None else progress, metrics_path=run.metrics,
                    extra_meta={"source_checkpoint": t.checkpoint, "source_sha256_16": source_sha},
-                   augment=augment_spec(cfg))
+                   augment=augment_spec(cfg), compile=cfg.compile)
     result = train_model(job)
     if not result.get("finished"):
         raise ToolkitError("teacher training stopped early")
@@ -253,7 +253,7 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
                    ig_maps=ig_maps if use_ig else None, overlay=cfg.overlay if use_ig else None,
                    teacher_logits=teacher_logits, progress=cfg.progress if progress is None else progress,
                    metrics_path=Path(out_dir) / "metrics.jsonl", extra_meta={"configuration": configuration, "seed": seed},
-                   augment=augment_spec(cfg))
+                   augment=augment_spec(cfg), compile=cfg.compile)
     result = train_model(job, max_epochs_this_call)
     result["configuration"] = configuration
     result["seed"] = seed

@@ -58,6 +58,16 @@ MANIFEST_FILE_NOTE = (
     "export/ort/ and copied (hard-linked when possible) beside manifest.json under the same names")
 
 
+def record_entries(mpath: Path, manifest: dict[str, Any], entries: dict[str, dict[str, Any]], block_key: str,
+                   block: dict[str, Any]) -> None:
+    """Add a target's ``entries`` and its top-level ``block_key`` block to the manifest, rewrite it atomically and read
+    it back through the schema check (every target ends this way)."""
+    manifest["models"].update(entries)
+    manifest[block_key] = block
+    atomic_write_json(mpath, manifest)
+    read_manifest(mpath)
+
+
 def fix_batch(src: Path, dst: Path, batch: int = 1) -> list[int]:
     """Write ``src`` with its input's symbolic batch dimension fixed to ``batch``; returns the fixed input shape."""
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed, make_input_shape_fixed
@@ -217,7 +227,8 @@ def build(run_path: str | os.PathLike, images: str | None = None, log: Callable[
                 failures.append(f"{name}: max |diff| {parity['max_abs_diff']:.3g}, {parity['top1_mismatches']} top-1 mismatches")
             usability = mobile_usability(v["onnx"])
             e = dict(base)
-            e.update(file=name, sha256=sha256_file(ort_file), size_bytes=ort_file.stat().st_size,
+            e.update(file=name, sha256=sha256_file(ort_file), size_bytes=ort_file.stat().st_size, runtime="onnxruntime",
+                     format="ort",
                      exporter=f"onnxruntime.tools.convert_onnx_models_to_ort (style Fixed, level all) from {base['file']}",
                      parity=parity, mobile_usability=usability,
                      ort_format={"source": v["base"], "path": f"{ORT_DIR}/{name}", "fixed_batch": bool(v["fixed"]),
@@ -254,10 +265,7 @@ def build(run_path: str | os.PathLike, images: str | None = None, log: Callable[
                                              "lines": [ln for ln in (final / CONFIG_NAME).read_text().splitlines()
                                                        if ln and not ln.startswith("#")]},
                  "note": MANIFEST_FILE_NOTE}
-        manifest["models"].update(entries)
-        manifest["ort_format"] = block
-        atomic_write_json(mpath, manifest)
-        read_manifest(mpath)  # the rewritten manifest passes the schema check
+        record_entries(mpath, manifest, entries, "ort_format", block)
         return block
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -24,6 +24,7 @@ from toolkit.config import LossConfig, OptimConfig, OverlayConfig
 from toolkit.data.cifar10 import ImageSet
 from toolkit.device import autocast
 from toolkit.distill.batches import dropout_seed, epoch_batches, steps_per_epoch
+from toolkit.distill.compile import CompiledOrEager, check_mode, compile_wanted
 from toolkit.distill.distiller import Distiller
 from toolkit.distributed import DistInfo, all_reduce_sum, barrier, broadcast_state, current
 from toolkit.evaluate import accuracy, predict_logits
@@ -63,6 +64,9 @@ class TrainJob:
     extra_meta: dict = field(default_factory=dict)
     augment: Any = 4
     """Crop/flip policy: a ``toolkit.data.augment.AugmentSpec``, or the padding of CIFAR's pad-and-crop."""
+    compile: str = "off"
+    """``off``/``auto``/``on``: torch.compile of the model called in the training step (``toolkit.distill.compile``;
+    eager fallback with one warning line). Not applied with attention transfer or under DDP."""
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -78,10 +82,18 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))) * (1 - 1e-4) + 1e-4
 
 
+FUSED_SGD_DEVICES = ("cpu", "cuda")
+"""Device types where SGD runs its fused kernel: it gives the same weights bit for bit as the per-parameter loop
+(tests/test_compile_switch.py) in one pass over all parameters. Adam keeps its loop: fused Adam differs by ~1e-6."""
+
+
 def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    params = list(params)
     if optim.optimizer == "adam":
         return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=True)
+    fused = bool(params) and all(p.device.type in FUSED_SGD_DEVICES and p.dtype.is_floating_point for p in params)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=True,
+                           **({"fused": True} if fused else {}))
 
 
 def _evaluate(model: nn.Module, images: ImageSet, job: TrainJob, precision: str) -> float:
@@ -117,7 +129,15 @@ def place_models(job: TrainJob, dist_info: DistInfo) -> tuple[nn.Module, nn.Modu
             job.teacher.to(memory_format=torch.channels_last)
     if dist_info.enabled:
         ids = [job.device.index] if job.device.type == "cuda" else None
+        if compile_wanted(job.compile, job.device) and dist_info.is_main:
+            print(f"note: compile={job.compile} is not applied under DDP; training {job.role} eager", flush=True)
         return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile_wanted(job.compile, job.device):
+        if job.use_at:
+            print(f"note: compile={job.compile} is not applied with attention transfer (feature hooks); training "
+                  f"{job.role} eager", flush=True)
+        else:
+            return model, CompiledOrEager(model, job.role, dynamic=False)
     return model, model
 
 
@@ -252,6 +272,7 @@ def train_model(job: TrainJob, max_epochs_this_call: int | None = None) -> dict:
         raise ToolkitError(f"{final_path} was trained with other settings (fingerprint differs); "
                            "rerun with --fresh (make: RESUME=0) or choose another run name")
 
+    check_mode(job.compile)
     model, call_model = place_models(job, dist_info)
     optimizer = make_optimizer(model.parameters(), job.optim)
     steps = steps_per_epoch(len(job.train), job.optim.batch_size * dist_info.world_size, job.optim.max_steps)
