@@ -66,6 +66,8 @@ class BenchConfig:
     """Test images the int8 student runs on under emulation (~0.1 s each)."""
     aarch64_fp32_images: int = 32
     """Test images each fp32 model runs on under emulation (~1-5 s each: emulated float is slow)."""
+    aarch64_openvino_images: int = 16
+    """Test images each ONNX file runs on with OpenVINO under emulation (when set up; 0: not at all)."""
     ort: OrtSettings = field(default_factory=OrtSettings)
     data_dir: str | None = None
     quick: bool = False
@@ -84,7 +86,7 @@ class BenchConfig:
             raise ToolkitError(f"--rounds must be >= 1, got {self.rounds}")
         if self.test_subset is not None and self.test_subset < 1:
             raise ToolkitError(f"--test-subset must be >= 1, got {self.test_subset}")
-        if self.aarch64_images < 0 or self.aarch64_fp32_images < 0:
+        if self.aarch64_images < 0 or self.aarch64_fp32_images < 0 or self.aarch64_openvino_images < 0:
             raise ToolkitError("aarch64 image counts must be >= 0")
         if self.fixed_batch_images < 1 or self.memory_runs < 1:
             raise ToolkitError(f"--fixed-batch-images and memory runs must be >= 1, got {self.fixed_batch_images}, "
@@ -95,7 +97,7 @@ class BenchConfig:
 
 QUICK = {"batches": (1, 8), "threads": (1,), "timing": TimingPlan(warmup=2, duration_s=0.25, min_runs=5),
          "test_subset": 1000, "rounds": 2, "aarch64_images": 100,
-         "aarch64_fp32_images": 8}
+         "aarch64_fp32_images": 8, "aarch64_openvino_images": 8}
 
 
 def _model_table(export: ExportInfo, summary: dict, teacher_ckpt: Path, teacher_params: int, arts) -> dict:
@@ -140,7 +142,7 @@ def speedups(rows: list[dict]) -> list[dict]:
 
 
 def _aarch64(cfg: BenchConfig, export: ExportInfo, logits: dict, images: np.ndarray, labels: np.ndarray) -> dict:
-    from benchmarks.edge_aarch64 import run_aarch64, target
+    from benchmarks.edge_aarch64 import onnx_roles, run_aarch64, target
 
     tgt = target()
     why = tgt.missing()
@@ -151,13 +153,20 @@ def _aarch64(cfg: BenchConfig, export: ExportInfo, logits: dict, images: np.ndar
         return {"status": "skipped", "message": why}
     counts = {"teacher.fp32": cfg.aarch64_fp32_images, "student.fp32": cfg.aarch64_fp32_images,
               "student.int8": cfg.aarch64_images}
-    print(f"  aarch64 under qemu (emulated): images per model {counts} ...", flush=True)
+    ov_counts = {role: cfg.aarch64_openvino_images for role in onnx_roles(export)}
+    print(f"  aarch64 under qemu (emulated): images per model {counts}, OpenVINO {ov_counts} ...", flush=True)
     result = run_aarch64(export, images, labels, {r: logits[r] for r in ORT_ROLES},
-                         open_run(cfg.run).bench_dir / "aarch64", counts, tgt)
+                         open_run(cfg.run).bench_dir / "aarch64", counts, tgt, openvino_counts=ov_counts)
     if result["status"] != "ok":
         print(f"warning: aarch64 check {result['status']}: {result['message']}", file=sys.stderr)
     else:
-        print(f"  aarch64 verdict: {'PASS' if result['passed'] else 'FAIL'} (" + "; ".join(f"{k} {r['check']}: {'pass' if r['passed'] else 'FAIL'}, agreement {r['prediction_agreement']:.2f}%" for k, r in result["models"].items()) + ")", flush=True)
+        def row(k, r):
+            if r["status"] != "ok":
+                return f"{k} skipped: {r['message']}"
+            return f"{k} {r['check']}: {'pass' if r['passed'] else 'FAIL'}, agreement {r['prediction_agreement']:.2f}%"
+        by_rt = ", ".join(f"{rt} {'pass' if ok else 'FAIL'}" for rt, ok in result.get("passed_by_runtime", {}).items())
+        print(f"  aarch64 verdict: {'PASS' if result['passed'] else 'FAIL'} [{by_rt}] ("
+              + "; ".join(row(k, r) for k, r in result["models"].items()) + ")", flush=True)
     return result
 
 
@@ -288,6 +297,8 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--aarch64-images", type=int, help="test images for the int8 model under emulation (default 500; quick 100)")
     p.add_argument("--aarch64-fp32-images", type=int,
                    help="test images for each fp32 model under emulation (default 32; quick 8; emulated float is slow)")
+    p.add_argument("--aarch64-openvino-images", type=int,
+                   help="test images for each ONNX file on OpenVINO under emulation (default 16; quick 8; 0: none)")
     p.add_argument("--graph-opt", default="all", choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation level (default all)")
     p.add_argument("--no-spin", action="store_true", help="disable intra-op thread spinning")
@@ -320,6 +331,8 @@ def config_from_args(argv: list[str] | None = None) -> BenchConfig:
         aarch64=args.aarch64 or "auto",
         aarch64_images=args.aarch64_images if args.aarch64_images is not None else base.aarch64_images,
         aarch64_fp32_images=args.aarch64_fp32_images if args.aarch64_fp32_images is not None else base.aarch64_fp32_images,
+        aarch64_openvino_images=(args.aarch64_openvino_images if args.aarch64_openvino_images is not None
+                                 else base.aarch64_openvino_images),
         ort=OrtSettings(graph_optimization=args.graph_opt, allow_spinning=not args.no_spin),
         data_dir=args.data_dir, fixed_batch_images=args.fixed_batch_images, memory=args.memory)
     cfg.validate()

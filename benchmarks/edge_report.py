@@ -175,7 +175,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {c} | " + " | ".join(f"{acc['models'][k]['per_class'][c]:.1f}" for k in MODEL_ORDER
                                                   if k in acc["models"]) + " |")
     a64 = report.get("aarch64", {})
-    lines += ["", "## aarch64 (ONNX Runtime aarch64 build under qemu user-mode emulation)", ""]
+    lines += ["", "## aarch64 (ONNX Runtime and OpenVINO aarch64 builds under qemu user-mode emulation)", ""]
     if a64.get("status") == "ok":
         g = a64["guest"]
         n_img = a64["n_images"]
@@ -185,9 +185,17 @@ def render_markdown(report: dict) -> str:
                   "| model | runtime | images | top-1 aarch64 % | top-1 x86 % | agreement % | max abs logit diff | check | "
                   "emulated batch-1 p50 ms |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
         for role, r in a64["models"].items():
+            if r.get("status", "ok") != "ok":
+                lines.append(f"| {MODEL_LABELS.get(role, role)} | {r.get('runtime', '')} | 0 | | | | | skipped: "
+                             f"{r['message']} | |")
+                continue
             lines.append(f"| {MODEL_LABELS.get(role, role)} | {r['runtime']} | {r['n']} | {r['top1_aarch64']:.2f} | {r['top1_x86']:.2f} | "
                          f"{r['prediction_agreement']:.2f} | {r['max_abs_logit_diff']:.2e} | {r['check']}: "
                          f"{'pass' if r['passed'] else 'FAIL'} | {r['emulated_batch1_p50_ms']:.2f} (emulated) |")
+        ov = a64.get("openvino")
+        if ov:
+            lines += ["", f"OpenVINO under qemu: {ov['status']}" + (f", openvino {ov['version']}" if ov.get("version") else "")
+                      + (f" ({ov['message']})" if ov.get("message") else "") + "."]
         lines += ["", f"_{a64['note']}._"]
     else:
         lines.append(f"{a64.get('status', 'skipped')}: {a64.get('message', '')}")

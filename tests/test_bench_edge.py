@@ -19,8 +19,7 @@ from deploy.export import ExportConfig, run_export
 from deploy.manifest import manifest_from_dict
 from deploy.steps import ExportOnnxConfig, QuantizeConfig
 from toolkit import ToolkitError
-from toolkit.models import build_model, save_checkpoint
-from toolkit.models.profile import count_params
+from builders import random_pair_run
 
 TINY = ["--batches", "1,2", "--threads", "1", "--runs", "3", "--warmup", "1", "--no-memory"]
 CORE = {"teacher.fp32.eager", "teacher.fp32", "student.fp32", "student.int8"}
@@ -132,15 +131,7 @@ def _write_synthetic_cifar(folder: Path) -> Path:
 def export_run(tmp_path_factory):
     """runs/fixture with random-weight ResNet-14 teacher / ResNet-8 student, their ONNX export and a data folder."""
     base = tmp_path_factory.mktemp("bench")
-    root = base / "runs" / "fixture"
-    torch.manual_seed(0)
-    teacher, student = build_model("resnet14").eval(), build_model("resnet8").eval()
-    save_checkpoint(teacher, "resnet14", root / "teacher.pt")
-    save_checkpoint(student, "resnet8", root / "student.pt")
-    summary = {"preset": "fixture", "seed": 0,
-               "teacher": {"name": "resnet14", "params": count_params(teacher), "checkpoint": "teacher.pt"},
-               "student": {"name": "resnet8", "params": count_params(student), "checkpoint": "student.pt"}}
-    (root / "summary.json").write_text(json.dumps(summary))
+    root = random_pair_run(base)
     data = _write_synthetic_cifar(base / "data")
     cfg = ExportConfig(export=ExportOnnxConfig(exporter="torchscript", opset=17), quantize=QuantizeConfig(calib_size=32),
                        max_drop=GATE, data_dir=str(data))
@@ -394,7 +385,7 @@ def test_load_export_of_deploy_export(export_run):
 
 @pytest.mark.integration
 def test_aarch64_parity_under_qemu(export_run, tmp_path):
-    from benchmarks.edge_aarch64 import run_aarch64, target
+    from benchmarks.edge_aarch64 import onnx_roles, run_aarch64, target
     from benchmarks.bench_edge import ORT_ROLES, ort_logits
     from benchmarks.edge_latency import ort_session
 
@@ -406,11 +397,43 @@ def test_aarch64_parity_under_qemu(export_run, tmp_path):
     images = (fixed_input(6, seed=5) * 255).astype(np.uint8)
     labels = np.arange(6) % 10
     x86 = {r: ort_logits(ort_session(str(info.models[r].path), 1), images, 6) for r in ORT_ROLES}
+    ov_counts = {role: 2 for role in onnx_roles(info)}
     result = run_aarch64(info, images, labels, x86, tmp_path / "a64",
-                         {"teacher.fp32": 2, "student.fp32": 2, "student.int8": 6}, tgt, latency_runs=1)
+                         {"teacher.fp32": 2, "student.fp32": 2, "student.int8": 6}, tgt, latency_runs=1,
+                         openvino_counts=ov_counts)
     assert result["status"] == "ok", result
     assert result["guest"]["machine"] == "aarch64"
     assert result["models"]["student.int8"]["n"] == 6 and result["models"]["teacher.fp32"]["n"] == 2
+    assert set(result["models"]) == set(ORT_ROLES) | {f"{r}@openvino" for r in ov_counts}
     for role, r in result["models"].items():
-        assert r["passed"], (role, r)
+        if role.endswith("@openvino") and r["status"] == "skipped":  # OpenVINO not set up / failing under qemu
+            assert r["message"] and result["openvino"]["status"] in ("skipped", "partial"), (role, r)
+            continue
+        assert r["status"] == "ok" and r["passed"], (role, r)
         assert r["emulated_batch1_p50_ms"] > 0
+    if tgt.openvino_missing() is None:
+        assert result["openvino"]["status"] == "ok", result["openvino"]
+        assert result["models"]["student.int8@openvino"]["runtime"] == "openvino"
+
+
+def test_aarch64_openvino_rows_skip_without_failing_the_check(export_run, tmp_path):
+    """OpenVINO not set up for the guest: every ``<role>@openvino`` row is skipped with the reason, nothing runs."""
+    from benchmarks.edge_aarch64 import Aarch64Target, onnx_roles, run_openvino
+
+    info = load_export(export_run[0] / "export")
+    roles = onnx_roles(info)
+    assert {"teacher.fp32", "student.fp32", "student.int8"} <= set(roles)
+    assert all(p.suffix == ".onnx" and p.is_file() for p in roles.values())
+    root = tmp_path / "a64root"
+    root.mkdir()
+    (root / "READY").write_text("qemu: x\nguest: y\nopenvino: no aarch64 wheel of openvino==9.9 for cp311: none\n")
+    tgt = Aarch64Target(root)
+    assert "no aarch64 wheel" in tgt.openvino_missing()
+    images = np.zeros((2, 3, 32, 32), np.uint8)
+    rows, summary = run_openvino(info, images, np.zeros(2, int), tmp_path, {r: 2 for r in roles}, tgt,
+                                 ["/nonexistent-guest"], {}, 1)
+    assert summary["status"] == "skipped" and "no aarch64 wheel" in summary["message"]
+    assert set(rows) == {f"{r}@openvino" for r in roles}
+    assert all(r["status"] == "skipped" and "no aarch64 wheel" in r["message"] for r in rows.values())
+    (root / "READY").write_text("qemu: x\nguest: y\n")  # set up before OpenVINO was an option
+    assert "re-run" in tgt.openvino_missing()

@@ -8,31 +8,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from deploy import export as export_mod
 from deploy.export import ExportConfig, run_export
 from deploy.manifest import read_manifest
 from deploy.steps import ExportOnnxConfig, QuantizeConfig
-from toolkit.models import build_model, save_checkpoint
-from toolkit.models.profile import count_params
 
+from builders import random_pair_run
 from test_bench_edge import _write_synthetic_cifar
 
 pytestmark = pytest.mark.slow  # two to three small exports (~10-40 s on a busy 2-core CPU)
 
 
 def _run(base, name="fixture"):
-    root = base / "runs" / name
-    torch.manual_seed(0)
-    teacher, student = build_model("resnet14").eval(), build_model("resnet8").eval()
-    save_checkpoint(teacher, "resnet14", root / "teacher.pt")
-    save_checkpoint(student, "resnet8", root / "student.pt")
-    summary = {"preset": "fixture", "seed": 0,
-               "teacher": {"name": "resnet14", "params": count_params(teacher), "checkpoint": "teacher.pt"},
-               "student": {"name": "resnet8", "params": count_params(student), "checkpoint": "student.pt"}}
-    (root / "summary.json").write_text(json.dumps(summary))
-    return root
+    return random_pair_run(base, name)
 
 
 def _cfg(data, **kw) -> ExportConfig:

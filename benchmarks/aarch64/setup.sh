@@ -2,12 +2,16 @@
 # Set up the aarch64 emulation target under <repo>/.aarch64 (git-ignored), idempotently:
 #   sysroot/    Debian bookworm arm64 Python 3.11 (+ its shared libraries), unpacked with `apt-get download` + dpkg -x
 #   pylib/      aarch64 wheels from PyPI (onnxruntime, numpy, pillow), unzipped; used as PYTHONPATH under qemu
+#               + optionally openvino (+ openvino-telemetry) at the x86 venv's version; pylib/.openvino says
+#               "ok <version>" or why not (no aarch64 wheel, or it does not import under qemu); OPENVINO=0 skips it
 #   qemu/       qemu-aarch64 (static) from Debian bookworm-backports `qemu-user` 10.x (bookworm's 7.2 segfaults on ORT)
 #   READY       written last, with the versions; benchmarks/bench_edge.py --aarch64 looks for it
 # Uses a private apt configuration (no change to the system's apt state) and the Debian mirror host already
 # configured in /etc/apt/sources.list*; override with AARCH64_DEBIAN_MIRROR=http://host/debian.
-# Versions: ORT_VERSION / NUMPY_VERSION / PILLOW_VERSION default to those of the x86 venv (.venv), so both sides
-# run the same library versions. Re-running skips finished steps; FORCE=1 redoes everything.
+# ExecuTorch is not set up: its Python bindings take torch tensors, and torch is not in the guest.
+# Versions: ORT_VERSION / NUMPY_VERSION / PILLOW_VERSION / OPENVINO_VERSION default to those of the x86 venv (.venv),
+# so both sides run the same library versions. Re-running skips finished steps; FORCE=1 redoes everything; deleting
+# READY redoes only the unfinished or optional steps (e.g. to retry OpenVINO once a wheel exists: rm .aarch64/READY).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,7 +26,7 @@ CURRENT="start"
 
 [ "${FORCE:-0}" = 1 ] && rm -rf "$ROOT"
 mkdir -p "$ROOT"
-if [ -f "$ROOT/READY" ]; then
+if [ -f "$ROOT/READY" ] && grep -q '^openvino:' "$ROOT/READY"; then  # a READY without it predates step 4b
   step "already set up ($ROOT/READY):"; cat "$ROOT/READY"; exit 0
 fi
 
@@ -108,6 +112,36 @@ if [ ! -f "$PYLIB/.complete" ]; then
   touch "$PYLIB/.complete"
 fi
 
+# ---- 4b. optional: the aarch64 OpenVINO wheel (same version as the x86 venv) ---------------------------------------
+CURRENT="optional OpenVINO aarch64 wheel"
+OPENVINO_VERSION="${OPENVINO_VERSION:-$(host_version openvino)}"
+TELEMETRY_VERSION="${TELEMETRY_VERSION:-$(host_version openvino-telemetry)}"
+if [ "${OPENVINO:-1}" = 0 ]; then
+  echo "skipped (OPENVINO=0)" >"$PYLIB/.openvino"
+elif [ -z "$OPENVINO_VERSION" ]; then
+  echo "skipped (openvino is not installed in the x86 venv, nothing to compare with)" >"$PYLIB/.openvino"
+elif ! grep -q "^ok $OPENVINO_VERSION\$" "$PYLIB/.openvino" 2>/dev/null; then
+  rm -rf "$ROOT/wheels-openvino"; mkdir -p "$ROOT/wheels-openvino"
+  step "pip download openvino==$OPENVINO_VERSION $(pin openvino-telemetry "$TELEMETRY_VERSION") (aarch64, cp311; optional)"
+  # OpenVINO's aarch64 wheels are tagged manylinux_2_35 (2026.x): accept every tag bookworm's glibc 2.36 runs (pip
+  # does not expand manylinux_2_X --platform tags downwards, so list them).
+  PLATFORMS=(--platform manylinux2014_aarch64)
+  for v in $(seq 17 36); do PLATFORMS+=(--platform "manylinux_2_${v}_aarch64"); done
+  if OUT="$("$PY_HOST" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+        "${PLATFORMS[@]}" -d "$ROOT/wheels-openvino" "openvino==$OPENVINO_VERSION" \
+        "$(pin openvino-telemetry "$TELEMETRY_VERSION")" 2>&1)"; then
+    rm -rf "$PYLIB"/openvino "$PYLIB"/openvino-*.dist-info "$PYLIB"/openvino_telemetry*  # another version's files
+    for w in "$ROOT"/wheels-openvino/*.whl; do
+      "$PY_HOST" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$w" "$PYLIB"
+    done
+    echo "ok $OPENVINO_VERSION" >"$PYLIB/.openvino"
+  else
+    echo "no aarch64 wheel of openvino==$OPENVINO_VERSION for cp311 fetched: $(echo "$OUT" | grep -i error | head -n1 \
+      | cut -c1-200)" >"$PYLIB/.openvino"
+    step "note: OpenVINO skipped: $(cat "$PYLIB/.openvino")"
+  fi
+fi
+
 # ---- 5. smoke check under emulation --------------------------------------------------------------------------------
 CURRENT="import check under qemu"
 step "checking: python3.11 + onnxruntime under qemu-aarch64 (takes ~10-30 s)"
@@ -119,6 +153,23 @@ CHECK="$(echo "$CHECK" | grep '^aarch64 python' | head -n1)" || true
 [ -n "$CHECK" ] || fail "python under qemu did not report aarch64"
 echo "$CHECK"
 
-{ echo "qemu: $QEMU_VERSION"; echo "guest: $CHECK"; echo "mirror: $MIRROR"; date -u +"set up: %Y-%m-%dT%H:%M:%SZ"; } \
+CURRENT="OpenVINO import check under qemu (optional)"
+OV_STATE="$(cat "$PYLIB/.openvino")"
+if [ "${OV_STATE%% *}" = ok ]; then
+  step "checking: openvino under qemu-aarch64 (optional)"
+  if OV_CHECK="$(env -i PATH=/usr/bin:/bin PYTHONPATH="$PYLIB" PYTHONNOUSERSITE=1 timeout 600 "$QEMU" -cpu cortex-a76 \
+      -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -c \
+      "import openvino as ov; print('openvino', ov.get_version().split('-')[0], ov.Core().available_devices)" 2>&1)" \
+     && OV_LINE="$(echo "$OV_CHECK" | grep '^openvino ' | head -n1)" && [ -n "$OV_LINE" ]; then
+    OV_STATE="$OV_LINE"
+  else
+    OV_STATE="$OPENVINO_VERSION installed but does not import under qemu: $(echo "$OV_CHECK" | tail -n1 | cut -c1-200)"
+  fi
+  echo "$OV_STATE"
+fi
+
+{ echo "qemu: $QEMU_VERSION"; echo "guest: $CHECK"; echo "openvino: $OV_STATE"
+  echo "executorch: not set up (its Python bindings need torch in the guest)"; echo "mirror: $MIRROR"
+  date -u +"set up: %Y-%m-%dT%H:%M:%SZ"; } \
   >"$ROOT/READY.tmp" && mv "$ROOT/READY.tmp" "$ROOT/READY"
 step "done: $ROOT"
