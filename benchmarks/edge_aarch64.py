@@ -80,8 +80,15 @@ def target(root: str | Path | None = None) -> Aarch64Target:
     return Aarch64Target(Path(root or os.environ.get("AARCH64_ROOT", DEFAULT_ROOT)))
 
 
-def compare(role: str, arm: np.ndarray, x86: np.ndarray, labels: np.ndarray) -> dict:
-    """Parity of aarch64 logits with x86 logits (both (N, C)) for one model."""
+OPENVINO_INT8_MISMATCH = 0.05
+"""OpenVINO int8 rows may differ from x86 on at most max(1, 5%) of the images: its int8 kernels differ by ISA (x86
+VNNI vs Arm), and on runs/cpu aarch64 OpenVINO int8 matched x86 ONNX Runtime int8 exactly while x86 OpenVINO int8 did
+not (96.9% agreement on 128 images); ONNX Runtime int8 rows must match exactly."""
+
+
+def compare(role: str, arm: np.ndarray, x86: np.ndarray, labels: np.ndarray, int8_tolerance: float = 0.0) -> dict:
+    """Parity of aarch64 logits with x86 logits (both (N, C)) for one model; ``int8_tolerance``: the share of int8
+    predictions allowed to differ (at least one image when > 0)."""
     if arm.shape != x86.shape:
         raise ToolkitError(f"aarch64 logits for {role} have shape {arm.shape}, x86 {x86.shape}")
     diff = np.abs(arm.astype(np.float64) - x86.astype(np.float64))
@@ -92,8 +99,9 @@ def compare(role: str, arm: np.ndarray, x86: np.ndarray, labels: np.ndarray) -> 
            "max_abs_logit_diff": float(diff.max()) if diff.size else 0.0,
            "mean_abs_logit_diff": float(diff.mean()) if diff.size else 0.0}
     if role.endswith("int8"):
-        out["check"] = "predictions match" if out["prediction_mismatches"] == 0 else "predictions differ"
-        out["passed"] = out["prediction_mismatches"] == 0
+        allowed = max(1, int(int8_tolerance * len(labels))) if int8_tolerance > 0 else 0
+        out["check"] = ("predictions match" if allowed == 0 else f"at most {allowed} of {len(labels)} predictions differ")
+        out["passed"] = out["prediction_mismatches"] <= allowed
     else:
         scale = max(1.0, float(np.abs(x86).max())) if x86.size else 1.0
         out["check"] = f"max abs diff <= {FP32_LOGIT_TOL:g} x max(1, max abs logit) = {FP32_LOGIT_TOL * scale:.2g}"
@@ -171,7 +179,7 @@ def run_openvino(export: ExportInfo, images: np.ndarray, labels: np.ndarray, wor
                          "runtime": "openvino", "n": 0}
             continue
         arm = np.load(workdir / f"logits_{key}.npy")
-        rows[key] = {"status": "ok", **compare(role, arm, x86, labels[:n]), **g}
+        rows[key] = {"status": "ok", **compare(role, arm, x86, labels[:n], OPENVINO_INT8_MISMATCH), **g}
     ran = [r for r in rows.values() if r["status"] == "ok"]
     summary = {"status": "ok" if len(ran) == len(rows) else ("partial" if ran else "skipped"),
                "version": guest.get("openvino"), "emulated_wall_s": wall, "images": counts}
@@ -230,8 +238,10 @@ def run_aarch64(export: ExportInfo, images: np.ndarray, labels: np.ndarray, x86_
         models.update(ov_rows)
     # Skipped rows (OpenVINO that cannot run under qemu) do not count; every row that ran must pass.
     out["passed"] = all(m["passed"] for m in models.values() if m["status"] == "ok")
-    out["passed_by_runtime"] = {rt: all(m["passed"] for k, m in models.items() if m["status"] == "ok"
-                                        and k.endswith("@openvino") == (rt == "openvino"))
-                                for rt in ("onnxruntime", "openvino") if rt == "onnxruntime" or ov_counts}
+    by_rt: dict[str, list[bool]] = {}
+    for key, m in models.items():
+        if m["status"] == "ok":
+            by_rt.setdefault("openvino" if key.endswith("@openvino") else "onnxruntime", []).append(m["passed"])
+    out["passed_by_runtime"] = {rt: all(v) for rt, v in by_rt.items()}  # a runtime with no row that ran is absent
     return {**out, "models": models,
             "note": "latency under qemu user-mode emulation on an x86 host: emulated, not device latency"}

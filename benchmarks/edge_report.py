@@ -181,7 +181,9 @@ def render_markdown(report: dict) -> str:
         n_img = a64["n_images"]
         n_img = ", ".join(f"{MODEL_LABELS.get(k, k)} {v}" for k, v in n_img.items()) if isinstance(n_img, dict) else n_img
         lines += [f"Test images per model: {n_img}; qemu CPU `{a64['qemu_cpu']}`; guest {g['machine']} Python {g['python']}, onnxruntime {g['onnxruntime']}, "
-                  f"numpy {g['numpy']}; {a64['emulator']}. Overall: {'PASS' if a64['passed'] else 'FAIL'}.", "",
+                  f"numpy {g['numpy']}; {a64['emulator']}. Overall: {'PASS' if a64['passed'] else 'FAIL'}"
+                  + "".join(f"; {rt} {'pass' if ok else 'FAIL'}" for rt, ok in a64.get("passed_by_runtime", {}).items())
+                  + ".", "",
                   "| model | runtime | images | top-1 aarch64 % | top-1 x86 % | agreement % | max abs logit diff | check | "
                   "emulated batch-1 p50 ms |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
         for role, r in a64["models"].items():

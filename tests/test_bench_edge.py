@@ -274,6 +274,8 @@ def test_smoke_preset_gets_quick_settings(export_run, tmp_path):
     (run / "summary.json").write_text(json.dumps({**summary, "preset": "smoke"}))
     cfg = bench_edge.config_from_args(["--run", str(run)])
     assert cfg.quick and cfg.batches == (1, 8) and cfg.threads == (1,) and cfg.test_subset == 1000
+    assert cfg.aarch64_openvino_images == 8
+    assert bench_edge.config_from_args(["--run", str(run), "--aarch64-openvino-images", "0"]).aarch64_openvino_images == 0
     cfg = bench_edge.config_from_args(["--run", str(run), "--batches", "4", "--test-subset", "10"])
     assert cfg.batches == (4,) and cfg.test_subset == 10
 
