@@ -69,26 +69,33 @@ def _entry(file: Path, precision: str) -> dict:
             "source_checkpoint": {"path": "student.pt", "sha256": "0" * 64}}
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def make_export(run, image_hw=(12, 10)):
+    """``run/export/manifest.json`` listing a tiny fp32 ONNX and its QDQ int8 model, plus 5 seeded ``image_hw``
+    images in ``run/images``; returns (export folder, images folder). Shared with the OpenVINO target's tests."""
     from PIL import Image
 
-    run = tmp_path_factory.mktemp("run")
     export = run / "export"
-    export.mkdir()
+    export.mkdir(parents=True)
     _tiny_fp32(export / "student.fp32.onnx")
     _tiny_int8(export / "student.fp32.onnx", export / "student.int8.onnx")
     images = run / "images"
     images.mkdir()
     rng = np.random.default_rng(2)
     for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 256, (*image_hw, 3), dtype=np.uint8)).save(images / f"im{i}.png")
     manifest = {"schema": "edge-distill-export-manifest", "schema_version": 1, "schema_minor": 1,
                 "models": {"student.fp32": _entry(export / "student.fp32.onnx", "fp32"),
                            "student.int8": _entry(export / "student.int8.onnx", "int8")},
                 "classes": [f"c{i}" for i in range(CLASSES)], "toolkit_version": "test", "run": "tiny",
                 "ship": {"model": "student.int8", "reason": "test"}}
     (export / "manifest.json").write_text(json.dumps(manifest))
+    return export, images
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    export, images = make_export(run)
     block = ort_format.build(run, images=str(images), log=lambda s: None)
     return run, export, block
 

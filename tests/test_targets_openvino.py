@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from test_ort_format import CLASSES, SIZE, _entry, _tiny_fp32, _tiny_int8  # noqa: E402 - tests/ is on sys.path
+from test_ort_format import SIZE  # noqa: E402
+from test_ort_format import make_export as make_ort_export  # noqa: E402 - tests/ is on sys.path
 
 from deploy import predict  # noqa: E402
 from deploy.manifest import DeployError, read_manifest  # noqa: E402
@@ -26,25 +27,8 @@ KEYS = ("student.fp32.openvino", "student.int8.openvino")
 
 
 def make_export(run):
-    """A run folder with export/manifest.json listing a tiny fp32 ONNX and its QDQ int8 model, plus 5 images."""
-    from PIL import Image
-
-    export = run / "export"
-    export.mkdir(parents=True)
-    _tiny_fp32(export / "student.fp32.onnx")
-    _tiny_int8(export / "student.fp32.onnx", export / "student.int8.onnx")
-    images = run / "images"
-    images.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(images / f"im{i}.png")
-    manifest = {"schema": "edge-distill-export-manifest", "schema_version": 1, "schema_minor": 1,
-                "models": {"student.fp32": _entry(export / "student.fp32.onnx", "fp32"),
-                           "student.int8": _entry(export / "student.int8.onnx", "int8")},
-                "classes": [f"c{i}" for i in range(CLASSES)], "toolkit_version": "test", "run": "tiny",
-                "ship": {"model": "student.int8", "reason": "test"}}
-    (export / "manifest.json").write_text(json.dumps(manifest))
-    return export, images
+    """The ORT-format test's tiny export, with images of the model's input size."""
+    return make_ort_export(run, (SIZE, SIZE))
 
 
 @pytest.fixture(scope="module")
