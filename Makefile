@@ -50,7 +50,8 @@ help:
 	@echo "make bench-edge RUN=x  latency, memory + accuracy of every artifact on every installed runtime, Pareto view,"
 	@echo "                    into runs/x/bench/ (RUN= required; ARGS=--aarch64)"
 	@echo "make setup-aarch64  once: qemu + arm64 Python + onnxruntime under .aarch64/ for bench-edge ARGS=--aarch64"
-	@echo "make bench-pipeline training and IG speed, our way against the reference way"
+	@echo "make bench-pipeline training and IG speed, our way against the reference way (DISTILL_RUN=runs/<name>:"
+	@echo "                    also that finished make distill run's wall time against the 25-minute aim)"
 	@echo "make ablation|montecarlo|sweep|generalize SCALE=smoke|cpu|paper  the paper's studies into"
 	@echo "                    runs/studies/<study>-<scale> (OUT=reports/<study>-<scale> rewrites a committed report)"
 	@echo "make clean          lists the run folders (runs/*/) it would delete; make clean CONFIRM=1 deletes them"
@@ -101,7 +102,7 @@ setup-aarch64:
 	bash benchmarks/aarch64/setup.sh
 
 bench-pipeline: install
-	$(PY) -m benchmarks.bench_pipeline $(ARGS)
+	$(PY) -m benchmarks.bench_pipeline $(if $(DISTILL_RUN),--distill-run $(DISTILL_RUN)) $(ARGS)
 
 ablation montecarlo sweep generalize: install
 	$(PY) -m toolkit experiment $@ --scale $(if $(SCALE),$(SCALE),cpu) $(if $(OUT),--out $(OUT)) $(ARGS)

@@ -13,6 +13,11 @@ IG (each of ``--teachers``, ``--ig-steps`` Gauss-Legendre steps, ``--ig-images``
   reference   captum IntegratedGradients, fp32, internal_batch_size 200 (the reference code's plain use)
   ours rows   compute_ig_maps fp32 -> bf16 -> larger passes (max_rows) -> compiled -> 16 steps -> ig.steps=auto's count
 
+Arithmetic ceiling: the same command times a large matrix product in fp32 and in bf16 (the machine's reachable
+GFLOP/s at ``--threads``) and gives each IG row's achieved GFLOP/s (images/s x steps x 2 x the teacher's forward
+MFLOPs: a forward and an input-gradient backward, weights frozen), so the report says how far any kernel could take
+IG at the same step count (bf16 matmul rate / the reference's achieved rate).
+
 Every variant is built once; then its timed pass is repeated ``--repeats`` times, the variants alternated within each
 repeat (the reference first), so other jobs on a shared CPU slow both sides alike. Each row gives the median and
 min-max of images/s and of the per-repeat ratio to the reference (same repeat) and to the row it builds on.
@@ -37,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgecommon.machine import cpu_model_and_flags
+from edgecommon.machine import load_average as edge_load_average
 from toolkit import ToolkitError
 from toolkit.config import IGConfig, OverlayConfig
 
@@ -50,34 +57,13 @@ TEACHER_CHECKPOINTS = {"resnet56": "../shared/checkpoints/resnet-cifar10/resnet5
 # ---------------------------------------------------------------- machine
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    name, flags = "", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            key = line.split(":", 1)[0].strip()
-            if key == "model name" and not name:
-                name = line.split(":", 1)[1].strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return name or platform.processor() or "unknown CPU", flags
-
-
-def _cpu_name() -> str:
-    return _cpuinfo()[0]
-
-
 def load_average() -> list[float]:
     """1, 5 and 15 minute load averages (NaN where the OS has none)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return [float("nan")] * 3
+    return edge_load_average() or [float("nan")] * 3
 
 
 def machine_info() -> dict:
-    name, flags = _cpuinfo()
+    name, flags = cpu_model_and_flags()
     try:
         mkldnn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001
@@ -201,6 +187,44 @@ def train_ours(model_name: str, images: torch.Tensor, labels: torch.Tensor, batc
     return (lambda: _timed_epoch(step, batches(), warmup)), (fwd if fwd is not model else None)
 
 
+# ---------------------------------------------------------------- KD teacher forward variants
+
+
+def teacher_forward(teacher, images: torch.Tensor, batch: int, how: str) -> tuple[Callable[[], float], dict]:
+    """The frozen teacher's inference forward as KD runs it every student step (bf16 autocast, channels_last,
+    ``batch`` images), ``how``: ``eager`` (the trainer's way today) or ``inductor_freezing`` (torch.compile with
+    inductor's weight freezing: constant-folded BatchNorm, oneDNN-packed weights). Returns (timed pass over
+    ``images``, a box with the last logits and the compile seconds)."""
+    from toolkit.device import autocast
+
+    cpu = torch.device("cpu")
+    model = teacher.eval().to(memory_format=torch.channels_last)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    xs = [(images[i:i + batch].float() / 255).contiguous(memory_format=torch.channels_last)
+          for i in range(0, images.shape[0] - batch + 1, batch)]
+    box: dict = {"compile_s": 0.0}
+    fwd = model
+    if how == "inductor_freezing":
+        import torch._inductor.config as inductor_config
+
+        fwd = torch.compile(model, dynamic=False)
+        t0 = time.perf_counter()
+        with inductor_config.patch(freezing=True), torch.no_grad(), autocast(cpu, "bf16"):
+            fwd(xs[0])
+        box["compile_s"] = time.perf_counter() - t0
+    elif how != "eager":
+        raise ToolkitError(f"unknown teacher forward variant {how!r}")
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast(cpu, "bf16"):
+            box["logits"] = torch.cat([fwd(x).float() for x in xs])
+        return len(xs) * batch / (time.perf_counter() - t0)
+
+    return run, box
+
+
 # ---------------------------------------------------------------- IG variants
 
 
@@ -286,6 +310,29 @@ def student_logit_agreement(model_name: str, images: torch.Tensor) -> dict:
             "logit_scale": float(ref.abs().max())}
 
 
+def matmul_gflops(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """GFLOP/s of repeated (size x size) @ (size x size) products in ``dtype`` on the CPU at the current thread count
+    (best of 3 timed bursts of about ``seconds`` each): what dense kernels reach on this machine."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b  # warm-up
+    best, flop = 0.0, 2.0 * size ** 3
+    for _ in range(3):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            a @ b
+            n += 1
+        best = max(best, n * flop / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def ig_gflops(img_per_s: float, steps: int, teacher_mflops: float) -> float:
+    """Achieved GFLOP/s of an IG computation: a forward and an input-gradient backward (about one forward's FLOPs,
+    weights frozen) per step and image."""
+    return img_per_s * steps * 2 * teacher_mflops / 1e3
+
+
 # ---------------------------------------------------------------- running and reporting
 
 
@@ -345,17 +392,54 @@ def write_reports(out: Path, result: dict) -> None:
             lines += ["", f"bf16 cost proxy: a fresh student's logits bf16 vs fp32 on 256 images: top-1 agreement "
                           f"{a['top1_agree']:.3f}, max |diff| {a['max_abs_logit_diff']:.3g} (logit scale {a['logit_scale']:.3g})."]
         lines.append("")
+    if "teacher_forward" in result:
+        tf = result["teacher_forward"]
+        lines += [f"## KD teacher forward: {tf['teacher']} ({tf['weights']}), {tf['images']} images in batches of "
+                  f"{tf['batch']} (inference, frozen; every distilled student step runs it)", "",
+                  "| row | img/s | vs eager | set-up s | top-1 agreement vs eager | max logit diff | note |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for r in tf["rows"]:
+            lines.append(f"| {r['label']} | {_fmt_spread(r['img_per_s'], '', 0)} | {_fmt_spread(r['vs_reference'], 'x')} | "
+                         f"{r['setup_s']:.1f} | {r['top1_agree_vs_eager']:.4f} | {r['max_abs_logit_diff']:.3g} | {r['note']} |")
+        lines += ["", "Not wired into training yet: the figure says what compiling the teacher's forward would gain.", ""]
+    if "distill" in result:
+        d = result["distill"]
+        t = d.get("timing") or {}
+        acc = ", ".join(f"{k} {v:.2f}%" for k, v in d["test_acc"].items())
+        lines += [f"## make distill: {d['run']} (preset {d['preset']})", "",
+                  f"Wall time {d['seconds'] / 60:.1f} min, from the run's own summary.json; test top-1 {acc}."]
+        if t:
+            lines += ["", "| stage | minutes |", "|---|---:|"]
+            lines += [f"| {k} | {v / 60:.1f} |" for k, v in t["stage_seconds"].items()]
+            load = t.get("load_average_start"), t.get("load_average_end")
+            lines += ["", f"Recorded by the run: {t['cpu']}, {t['torch_threads']} threads x {t['world_size']} process(es), "
+                          f"torch {t['torch']}; load average (1/5/15 min) {load[0]} at start, {load[1]} at end."]
+        lines.append("")
+    peak = result.get("matmul_gflops")
     for ig in result.get("ig", []):
         lines += [f"## IG: {ig['teacher']} ({ig['weights']}), {ig['images']} images, {ig['steps']} steps unless the row "
                   "says otherwise", "",
-                  "| row | builds on | img/s | vs reference | vs base | set-up s | maps vs captum fp32 (corr) | note |",
-                  "|---|---|---:|---:|---:|---:|---:|---|"]
+                  "| row | builds on | img/s | vs reference | vs base | GFLOP/s | set-up s | maps vs captum fp32 (corr) | note |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in ig["rows"]:
             corr = r.get("agreement", {}).get("corr")
+            gf = r.get("gflops")
             lines.append(f"| {r['label']} | {r['base'] or '-'} | {_fmt_spread(r['img_per_s'], '', 2)} | "
                          f"{_fmt_spread(r['vs_reference'], 'x')} | {_fmt_spread(r['vs_base'], 'x') if 'vs_base' in r else '-'} | "
+                         f"{'-' if gf is None else f'{gf:.0f}'} | "
                          f"{r['setup_s']:.1f} | {'-' if corr is None else f'{corr:.4f}'} | {r['note']} |")
+        if peak and "teacher_mflops" in ig:
+            ceiling = ig_ceiling(ig, peak)
+            lines += ["", f"Teacher forward: {ig['teacher_mflops']:.1f} MFLOPs per image. GFLOP/s = img/s x steps x 2 x "
+                          f"that (forward + input-gradient backward). A {peak['size']}x{peak['size']} matrix product ran "
+                          f"{peak['fp32']:.0f} GFLOP/s in fp32 and {peak['bf16']:.0f} in bf16 on this machine in this "
+                          f"command: the reference reaches {ceiling['reference_fraction_of_fp32']:.0%} of the fp32 rate, "
+                          f"so even IG running at the bf16 matrix-product rate would be {ceiling['ceiling_x']:.1f}x the "
+                          f"reference at {ig['steps']} steps; beyond that only fewer steps (ig.steps=auto) gain."]
         lines.append("")
+    if peak:
+        lines += [f"Dense-kernel rates measured in this command ({result['threads']} threads): fp32 {peak['fp32']:.0f} "
+                  f"GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s ({peak['size']}x{peak['size']} matrix products, best of 3).", ""]
     if result.get("aims"):
         lines += ["## Aims", "", "| aim | target | best measured (median, min-max) | row | met |", "|---|---:|---:|---|---|"]
         for a in result["aims"]:
@@ -364,8 +448,50 @@ def write_reports(out: Path, result: dict) -> None:
     atomic_write_text(out / "bench-pipeline.md", "\n".join(lines))
 
 
+DISTILL_AIM_MIN = 25.0
+"""The issue's aim: `make distill` of the cpu preset within 25 minutes of wall time on 2 cores."""
+
+
+def distill_run_timing(run_dir: Path) -> dict:
+    """What a finished ``make distill`` run recorded about its own wall time (summary.json): total, per stage when
+    the run recorded them, machine and load, and its test accuracies."""
+    import json
+
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ToolkitError(f"--distill-run: no readable summary.json in {run_dir} ({exc}); finish the run first") from None
+    if "seconds" not in summary or "student" not in summary:
+        raise ToolkitError(f"--distill-run: {path} has no wall time or student: not a finished make distill run")
+    out = {"run": str(run_dir), "preset": summary.get("preset"), "seconds": summary["seconds"],
+           "timing": summary.get("timing"), "test_acc": {r: summary[r]["test_acc"] for r in ("teacher", "student", "baseline")
+                                                         if r in summary},
+           "student_seconds": summary["student"].get("seconds"),
+           "baseline_seconds": summary.get("baseline", {}).get("seconds")}
+    return out
+
+
+def ig_ceiling(ig: dict, peak: dict) -> dict:
+    """How far IG could go at the reference's step count on this machine: the bf16 matrix-product rate over the
+    reference's achieved GFLOP/s (an upper bound for any kernel at the same arithmetic)."""
+    ref = ig["rows"][0]
+    ref_gf = ig_gflops(ref["img_per_s"]["median"], ig["steps"], ig["teacher_mflops"])
+    return {"reference_gflops": ref_gf, "reference_fraction_of_fp32": ref_gf / peak["fp32"],
+            "ceiling_x": peak["bf16"] / ref_gf}
+
+
 def _aims(result: dict) -> list[dict]:
     aims = []
+    if "distill" in result:
+        d = result["distill"]
+        minutes = d["seconds"] / 60
+        stages = (d.get("timing") or {}).get("stage_seconds")
+        row = f"{d['run']} (preset {d['preset']})" + (
+            ": " + ", ".join(f"{k} {v / 60:.1f}" for k, v in stages.items()) + " min" if stages else "")
+        aims.append({"aim": "make distill, cpu preset, wall time", "target": f"<= {DISTILL_AIM_MIN:.0f} min",
+                     "measured": f"{minutes:.1f} min", "row": row,
+                     "met": "yes" if minutes <= DISTILL_AIM_MIN else f"no ({minutes - DISTILL_AIM_MIN:.1f} min over)"})
     if "train" in result:
         best = max(result["train"]["rows"][1:], key=lambda r: r["vs_reference"]["median"])
         s = best["vs_reference"]
@@ -379,9 +505,11 @@ def _aims(result: dict) -> list[dict]:
                 continue
             best = max(rows, key=lambda r: r["vs_reference"]["median"])
             s = best["vs_reference"]
+            met = "yes" if s["median"] >= 8 else f"no ({s['median'] / 8:.1%} of it)"
+            if what == "same steps" and result.get("matmul_gflops") and "teacher_mflops" in ig:
+                met += f"; ceiling on this machine {ig_ceiling(ig, result['matmul_gflops'])['ceiling_x']:.1f}x"
             aims.append({"aim": f"IG {ig['teacher']} vs captum's plain use ({what})", "target": ">= 8x",
-                         "measured": _fmt_spread(s, "x"), "row": best["label"],
-                         "met": "yes" if s["median"] >= 8 else f"no ({s['median'] / 8:.1%} of it)"})
+                         "measured": _fmt_spread(s, "x"), "row": best["label"], "met": met})
     return aims
 
 
@@ -403,11 +531,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="include the torch.compile rows (train: the training row only)")
     p.add_argument("--warmup-batches", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="alternated repeats of every variant (median, min-max)")
-    p.add_argument("--skip", choices=["train", "ig"], action="append", default=[], help="skip a part")
+    p.add_argument("--skip", choices=["train", "teacher", "ig"], action="append", default=[],
+                   help="skip a part (teacher: the KD teacher-forward rows)")
     p.add_argument("--synthetic", action="store_true", help="synthetic images instead of CIFAR-10")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: synthetic data, 96 training images in batches of 16/32, 2 IG images at 4 "
                         "steps, 2 repeats, 1 thread, no compile rows, teacher mobilenetv2_cifar only")
+    p.add_argument("--distill-run", default=None,
+                   help="a finished `make distill` run folder (runs/<name>) whose summary.json wall time is reported "
+                        "against the 25-minute aim of the cpu preset")
     p.add_argument("--out", default="reports/pipeline", help="folder for bench-pipeline.json and .md")
     args = p.parse_args(argv)
     args.command = "python -m benchmarks.bench_pipeline" + ("".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
@@ -433,6 +565,7 @@ def _write_partial(args: argparse.Namespace, result: dict, t_start: float) -> No
 def _run(args: argparse.Namespace) -> int:
     from toolkit.data import load_cifar10, make_synthetic
     from toolkit.models import build_model, get_spec, load_model
+    from toolkit.models.profile import forward_mflops
 
     if min(args.threads, args.train_images, args.ig_images, args.repeats) < 1:
         raise ToolkitError("--threads, --train-images, --ig-images and --repeats must be >= 1")
@@ -487,7 +620,44 @@ def _run(args: argparse.Namespace) -> int:
         result["train"]["bf16_logits"] = student_logit_agreement(args.model, images[:256])
         _write_partial(args, result, t_start)
 
+    if "teacher" not in args.skip:
+        name = teachers[-1] if teachers else "resnet56"
+        ckpt = TEACHER_CHECKPOINTS.get(name)
+        trained = bool(ckpt and not args.synthetic and (REPO / ckpt).is_file())
+        torch.manual_seed(0)
+        teacher = load_model(name, REPO / ckpt) if trained else build_model(name)
+        weights = f"trained, {Path(ckpt).name}" if trained else "random-init weights (speed does not depend on them)"
+        n_fwd = min(images.shape[0], max(args.batch_size, 8 * args.batch_size if not args.quick else args.batch_size))
+        log(f"\n== KD teacher forward: {name} ({weights}), {n_fwd} images in batches of {args.batch_size} ==")
+        variants, boxes = [], {}
+        for key, label, base in (("eager", "eager, bf16 autocast, channels_last (the trainer's way)", None),
+                                 ("inductor_freezing", "torch.compile (inductor, weight freezing)", "eager")):
+            if key != "eager" and args.compile == "off":
+                continue
+            run, box = teacher_forward(teacher, images[:n_fwd], args.batch_size, key)
+            v = Variant(key, label, base, run, setup_s=box["compile_s"])
+            if box["compile_s"]:
+                v.note = f"compile + first batch {box['compile_s']:.0f} s (once per run and batch shape)"
+            variants.append(v)
+            boxes[key] = box
+        measure(variants, args.repeats, log)
+        rows = rows_of(variants)
+        ref_logits = boxes["eager"]["logits"]
+        for row in rows:
+            lg = boxes[row["key"]]["logits"]
+            row["top1_agree_vs_eager"] = float((lg.argmax(1) == ref_logits.argmax(1)).float().mean())
+            row["max_abs_logit_diff"] = float((lg - ref_logits).abs().max())
+        result["teacher_forward"] = {"teacher": name, "weights": weights, "images": n_fwd, "batch": args.batch_size,
+                                     "rows": rows}
+        _write_partial(args, result, t_start)
+
+    if args.distill_run:
+        result["distill"] = distill_run_timing(Path(args.distill_run))
+        _write_partial(args, result, t_start)
+
     if "ig" not in args.skip:
+        result["matmul_gflops"] = {"size": 1024, "fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+        log(f"\ndense kernels: fp32 {result['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {result['matmul_gflops']['bf16']:.0f} GFLOP/s")
         result["ig"] = []
         n_ig = min(args.ig_images, len(train))
         ig_images, ig_labels = train.images[:n_ig], train.labels[:n_ig]
@@ -538,11 +708,14 @@ def _run(args: argparse.Namespace) -> int:
                     "bf16", ig_rows[0], note=auto_note)
             measure(variants, args.repeats, log)
             rows = rows_of(variants)
+            mflops = forward_mflops(teacher)
             for row in rows:
                 row["steps"] = steps_of[row["key"]]
+                row["gflops"] = ig_gflops(row["img_per_s"]["median"], row["steps"], mflops)
                 if row["key"] != "reference" and steps_of[row["key"]] == args.ig_steps:
                     row["agreement"] = map_agreement(boxes[row["key"]]["maps"], ref_box["maps"])
-            result["ig"].append({"teacher": name, "weights": weights, "images": n_ig, "steps": args.ig_steps, "rows": rows})
+            result["ig"].append({"teacher": name, "weights": weights, "images": n_ig, "steps": args.ig_steps, "rows": rows,
+                                 "teacher_mflops": mflops})
             _write_partial(args, result, t_start)
 
     result.pop("partial", None)

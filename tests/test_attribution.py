@@ -13,7 +13,9 @@ from captum.attr import IntegratedGradients
 
 import toolkit.attribution.cache as cache_mod
 from toolkit import ToolkitError
-from toolkit.attribution import apply_ig_overlay, compute_ig_maps, ig_fingerprint, load_or_compute_ig_maps, read_ig_cache
+from toolkit.attribution import (apply_ig_overlay, choose_ig_rows, compute_ig_maps, ig_fingerprint, load_or_compute_ig_maps,
+                                 read_ig_cache)
+from toolkit.attribution.ig import CPU_ROWS_CANDIDATES, DEFAULT_MAX_ROWS, MIN_BATCHES_TO_TIME
 from toolkit.config import IGConfig, OverlayConfig
 from toolkit.data import make_synthetic
 from builders import bn_perturbed_model
@@ -227,6 +229,7 @@ def test_fingerprint_depends_on_what_changes_the_maps(data):
     idx = torch.arange(5)
     base = ig_fingerprint(model, "resnet8", idx, "synthetic", IGConfig(), "bf16")
     assert base == ig_fingerprint(bn_perturbed_model(), "resnet8", idx, "synthetic", IGConfig(batch_size=99), "bf16")
+    assert base == ig_fingerprint(model, "resnet8", idx, "synthetic", IGConfig(rows=128), "bf16")  # speed only
     assert base != ig_fingerprint(model, "resnet8", idx, "synthetic", IGConfig(baseline="black"), "bf16")
     assert base != ig_fingerprint(model, "resnet8", idx.flip(0), "synthetic", IGConfig(), "bf16")
     assert base != ig_fingerprint(bn_perturbed_model(seed=5), "resnet8", idx, "synthetic", IGConfig(), "bf16")
@@ -297,3 +300,31 @@ def test_pretrained_teacher_real_images_bf16_vs_captum_fp32(cifar10):
     ours = compute_ig_maps(model, images, labels, IGConfig(batch_size=8), CPU, "bf16", progress=False)
     corr = torch.corrcoef(torch.stack([ours.flatten(), ref.flatten()]))[0, 1]
     assert float(corr) > 0.99 and _rel(ours, ref) < 0.1
+
+
+def test_ig_rows_auto_times_the_pass_sizes_on_a_large_job_only(tmp_path, data, capsys):
+    model = bn_perturbed_model()
+    cfg = IGConfig(steps=32, batch_size=2)  # 2 images x 32 steps: 32, 64 and 128 rows give 16, 32 and 32 steps a pass
+    n = MIN_BATCHES_TO_TIME * cfg.batch_size
+    images = data.train.images[:8].repeat(n // 8 + 1, 1, 1, 1)[:n]
+    labels = data.train.labels[:8].repeat(n // 8 + 1)[:n]
+    timed = choose_ig_rows(model, images, labels, cfg, CPU, "fp32")
+    assert timed.how == "timed" and timed.rows in CPU_ROWS_CANDIDATES
+    assert sorted(timed.seconds_per_image) == [32, 64]  # 128 rows make the same passes as 64: timed once
+    assert all(t > 0 for t in timed.seconds_per_image.values())
+    assert timed.seconds_per_image[timed.rows] == min(timed.seconds_per_image.values())
+    assert "fastest on this machine" in timed.describe()
+    small = choose_ig_rows(model, images[:n - 1], labels[:n - 1], cfg, CPU, "fp32")
+    assert (small.rows, small.how, small.seconds_per_image) == (DEFAULT_MAX_ROWS["cpu"], "default", {})
+    assert choose_ig_rows(model, images, labels, dataclasses.replace(cfg, rows=48), CPU, "fp32").rows == 48
+    with pytest.raises(ToolkitError, match="ig.rows must be a whole number"):
+        choose_ig_rows(model, images, labels, dataclasses.replace(cfg, rows=0), CPU, "fp32")
+    with pytest.raises(ToolkitError, match="ig.rows must be a whole number"):
+        compute_ig_maps(model, images[:2], labels[:2], dataclasses.replace(cfg, rows="fast"), CPU, "fp32", progress=False)
+
+    # the cache times the sizes before a large computation, says which it took, and the maps match a set size's
+    maps = load_or_compute_ig_maps(tmp_path / "auto", model, "resnet8", images, labels, torch.arange(n), "synthetic", cfg,
+                                   CPU, "fp32", progress=False)
+    assert "IG pass size:" in capsys.readouterr().out
+    fixed = compute_ig_maps(model, images, labels, dataclasses.replace(cfg, rows=32), CPU, "fp32", progress=False)
+    assert torch.allclose(maps.float(), fixed.to(maps.dtype).float(), rtol=1e-2, atol=1e-5)

@@ -34,9 +34,20 @@ def test_bench_pipeline_quick_writes_the_report(tmp_path, capsys):
     assert keys[:3] == ["reference", "fp32", "bf16"] and "bf16_rows64" in keys and "steps16" in keys
     assert all("corr" in r["agreement"] for r in ig["rows"][1:] if r["steps"] == 4)
     assert {a["target"] for a in result["aims"]} == {">= 2.5x", ">= 8x"}
+    fwd = result["teacher_forward"]
+    assert [r["key"] for r in fwd["rows"]] == ["eager"]  # --quick: no compile rows
+    assert fwd["rows"][0]["top1_agree_vs_eager"] == 1.0 and fwd["rows"][0]["max_abs_logit_diff"] == 0.0
+    peak = result["matmul_gflops"]
+    assert peak["fp32"] > 0 and peak["bf16"] > 0 and ig["teacher_mflops"] > 0
+    for row in ig["rows"]:  # GFLOP/s = img/s x steps x 2 x forward MFLOPs / 1000
+        assert row["gflops"] == pytest.approx(row["img_per_s"]["median"] * row["steps"] * 2 * ig["teacher_mflops"] / 1e3)
+    same = next(a for a in result["aims"] if "same steps" in a["aim"])
+    assert "ceiling on this machine" in same["met"]
     md = (out / "bench-pipeline.md").read_text()
     assert "Command: `python -m benchmarks.bench_pipeline --quick" in md and "load average" in md
     assert "| reference: PIL + DataLoader" in md and "## Aims" in md and "## IG: mobilenetv2_cifar" in md
+    assert "Dense-kernel rates measured in this command" in md and "GFLOP/s" in md
+    assert "## KD teacher forward: mobilenetv2_cifar" in md
     assert not list(out.glob("*.tmp*"))  # atomic writes leave no temporaries
 
 

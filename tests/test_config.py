@@ -27,6 +27,9 @@ def test_overrides_apply_and_unknown_keys_fail():
         build_config("smoke", overrides=["overlay.prob=1.5"])
     with pytest.raises(ToolkitError, match="not key=value"):
         build_config("smoke", overrides=["student.epochs"])
+    assert build_config("smoke").ig.rows == "auto" and build_config("smoke", overrides=["ig.rows=128"]).ig.rows == 128
+    with pytest.raises(ToolkitError, match="ig.rows must be a whole number >= 1 or auto"):
+        build_config("smoke", overrides=["ig.rows=0"])
 
 
 def test_eight_configurations_by_name():

@@ -291,3 +291,28 @@ def test_a_memory_mapped_folder_trains_end_to_end(tmp_path):
         results[mode] = run_distill(cfg, f"mm-{mode}", runs_dir=tmp_path / "runs")
     assert results["false"]["teacher"]["test_acc"] == results["true"]["teacher"]["test_acc"]
     assert results["false"]["student"]["test_acc"] == results["true"]["student"]["test_acc"]
+
+
+@pytest.mark.slow
+def test_run_records_its_stage_times_and_bench_pipeline_reports_them(folder_run, tmp_path, capsys):
+    from benchmarks import bench_pipeline
+
+    tmp, train_dir, root, summary = folder_run
+    timing = json.loads((root / "summary.json").read_text())["timing"]
+    stages = timing["stage_seconds"]
+    assert list(stages)[:4] == ["data", "teacher", "ig", "student"] and all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) <= summary["seconds"] + 0.5  # laps of one clock
+    assert timing["torch_threads"] >= 1 and timing["world_size"] == 1 and timing["cpu"]
+    assert timing["load_average_start"] is None or len(timing["load_average_start"]) == 3
+    out = tmp_path / "pipeline"
+    assert bench_pipeline.main(["--quick", "--skip", "train", "--skip", "ig", "--distill-run", str(root),
+                                "--out", str(out)]) == 0
+    result = json.loads((out / "bench-pipeline.json").read_text())
+    aim = next(a for a in result["aims"] if a["aim"].startswith("make distill"))
+    assert aim["target"] == "<= 25 min" and aim["measured"] == f"{summary['seconds'] / 60:.1f} min"
+    assert ("yes" if summary["seconds"] <= 1500 else "no") in aim["met"]
+    md = (out / "bench-pipeline.md").read_text()
+    assert "## make distill:" in md and "| teacher |" in md
+    assert bench_pipeline.main(["--quick", "--skip", "train", "--skip", "ig", "--distill-run", str(tmp_path),
+                                "--out", str(out)]) == 2
+    assert "--distill-run: no readable summary.json" in capsys.readouterr().err

@@ -128,3 +128,19 @@ def test_steps_config_values():
         with pytest.raises(ToolkitError) as info:
             build_config("cpu", overrides=[f"ig.steps={bad}"])
         assert "ig.steps" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_reference_less_complete_than_the_tolerance_sets_the_bound(data):
+    """With a tolerance no count can meet (1e-9), the 50-step reference's own error is the bound: the count chosen is
+    the first as complete as the reference (and as correlated), not a fall-back."""
+    cfg = IGConfig(steps="auto", auto_sample=6, auto_tolerance=1e-9)
+    choice = choose_ig_steps(bn_perturbed_model(), data.train.images, data.train.labels, cfg, CPU, "fp32")
+    assert choice.reference_completeness_error > 1e-9
+    assert choice.completeness_bound == choice.reference_completeness_error and choice.tolerance == 1e-9
+    assert not choice.fell_back
+    chosen = choice.candidates[-1]
+    assert chosen.steps == choice.steps and chosen.qualifies
+    assert chosen.completeness_error <= choice.completeness_bound and chosen.correlation >= cfg.auto_min_corr
+    assert all(c.completeness_error > choice.completeness_bound or c.correlation < cfg.auto_min_corr
+               for c in choice.candidates[:-1])
+    assert "reference's own error" in choice.line()

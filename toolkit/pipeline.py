@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgecommon.hashing import fingerprint, sha256_file, state_digest, tensor_digest
+from edgecommon.machine import cpu_model_and_flags, load_average
 from toolkit import ToolkitError, __version__
 from toolkit.config import CONFIGURATIONS, RunConfig, canonical_configuration, fingerprint_settings, save_config
 from toolkit.data.cifar10 import REPO_ROOT
@@ -165,42 +166,58 @@ def prepare_ig_maps(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: Pr
     # ig.steps=auto: choose the step count first (or reuse the choice recorded in the cache's meta.json)
     ig_cfg, steps_auto = resolve_ig_steps(run.ig_dir, teacher.to(device), data.train.images, data.train.labels, cfg.ig,
                                           device, precision)
-    if current().is_main:
-        _print_ig_estimate(cfg, run, teacher, data, device, precision, ig_cfg)
+    extra = {}
+    if not _ig_cache_complete(run, ig_cfg, len(data.train)):
+        # the pass size (ig.rows=auto: the fastest of a few, timed here) and the estimate from the same timings
+        from toolkit.attribution.ig import choose_ig_rows
+
+        rows = choose_ig_rows(teacher.to(device), data.train.images, data.train.labels, ig_cfg, device, precision)
+        extra["max_rows"] = rows.rows
+        if current().is_main:
+            if rows.how != "default":
+                print(rows.describe(), flush=True)
+            _print_ig_estimate(cfg, teacher, data, device, precision, ig_cfg, rows)
     return load_or_compute_ig_maps(run.ig_dir, teacher.to(device), cfg.teacher.model, data.train.images, data.train.labels,
                                    data.train_index, data.data_key, ig_cfg, device, precision,
-                                   progress=cfg.progress if progress is None else progress, steps_auto=steps_auto)
+                                   progress=cfg.progress if progress is None else progress, steps_auto=steps_auto, **extra)
 
 
-def _print_ig_estimate(cfg: RunConfig, run: RunFolder, teacher: nn.Module, data: PreparedData, device: torch.device,
-                       precision: str, ig_cfg=None) -> None:
-    """Before IG maps are computed: their cost (images x steps x teacher MFLOPs) and a time measured on a few images.
-    ``ig_cfg``: ``cfg.ig`` with ``steps=auto`` resolved (default ``cfg.ig``)."""
+def _ig_cache_complete(run: RunFolder, ig_cfg, n: int) -> bool:
     import math
 
+    chunks = math.ceil(n / max(1, ig_cfg.chunk_size))
+    return run.ig_dir.is_dir() and len(list(run.ig_dir.glob("chunk_*.pt"))) >= chunks
+
+
+def _print_ig_estimate(cfg: RunConfig, teacher: nn.Module, data: PreparedData, device: torch.device,
+                       precision: str, ig_cfg, rows) -> None:
+    """Before IG maps are computed: their cost (images x steps x teacher MFLOPs x 2: a forward and an input-gradient
+    backward, weights frozen) and the time it should take, from the pass-size timings (``rows``, a
+    ``toolkit.attribution.ig.RowsChoice``) or, when those were not timed, from a few images at ``rows.rows``."""
     from toolkit.attribution.ig import compute_ig_maps
     from toolkit.models.profile import forward_mflops
 
-    ig_cfg = cfg.ig if ig_cfg is None else ig_cfg
-
     n = len(data.train)
-    chunks = math.ceil(n / max(1, ig_cfg.chunk_size))
-    if run.ig_dir.is_dir() and len(list(run.ig_dir.glob("chunk_*.pt"))) >= chunks:
-        return  # finished cache: nothing to estimate
     mflops = forward_mflops(teacher.cpu() if device.type == "cpu" else teacher, data.image_size)
     teacher.to(device)
-    total_tflop = n * ig_cfg.steps * mflops * 3 / 1e6  # forward + backward ~ 3 forwards
-    head = (f"IG maps: {n:,} images x {ig_cfg.steps} steps x {mflops:.1f} teacher MFLOPs (x3 forward+backward) = "
-            f"{total_tflop:.2f} TFLOP")
+    total_tflop = n * ig_cfg.steps * mflops * 2 / 1e6
+    head = (f"IG maps: {n:,} images x {ig_cfg.steps} steps x {mflops:.1f} teacher MFLOPs (x2: forward + input-gradient "
+            f"backward) = {total_tflop:.2f} TFLOP")
     if current().world_size > 1:  # compute_ig_maps is collective under DDP: no single-rank probe
         print(head, flush=True)
         return
-    probe = min(n, max(2, ig_cfg.batch_size))
-    t0 = time.perf_counter()
-    compute_ig_maps(teacher, data.train.images[:probe], data.train.labels[:probe], ig_cfg, device, precision, progress=False)
-    per_image = (time.perf_counter() - t0) / probe
-    print(f"{head}; expected about {per_image * n / 60:.1f} min on {device} "
-          f"(measured {1 / per_image:.1f} img/s on {probe} images)", flush=True)
+    if rows.seconds_per_image:
+        per_image, how = rows.seconds_per_image[rows.rows], f"timed at {rows.rows} rows above"
+    else:
+        probe = min(n, max(2, ig_cfg.batch_size))
+        compute_ig_maps(teacher, data.train.images[:1], data.train.labels[:1], ig_cfg, device, precision, progress=False,
+                        max_rows=rows.rows)  # warm-up, not timed
+        t0 = time.perf_counter()
+        compute_ig_maps(teacher, data.train.images[:probe], data.train.labels[:probe], ig_cfg, device, precision,
+                        progress=False, max_rows=rows.rows)
+        per_image, how = (time.perf_counter() - t0) / probe, f"measured on {probe} images"
+    print(f"{head}; expected about {per_image * n / 60:.1f} min on {device} ({1 / per_image:.1f} img/s, {how})",
+          flush=True)
 
 
 def cached_teacher_logits(teacher: nn.Module, data: PreparedData, device: torch.device, precision: str) -> torch.Tensor:
@@ -208,6 +225,11 @@ def cached_teacher_logits(teacher: nn.Module, data: PreparedData, device: torch.
     from toolkit.evaluate import predict_logits
 
     return predict_logits(teacher, data.train.images, device=device, precision=precision)
+
+
+def _ig_settings_of_maps(cfg: RunConfig) -> dict:
+    """``cfg.ig`` less the settings that change only speed (``rows``): what a student's stage fingerprint hashes."""
+    return {k: v for k, v in cfg.ig.__dict__.items() if k != "rows"}
 
 
 def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None, ig_maps: torch.Tensor | None,
@@ -242,7 +264,7 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
         at_layers = resolve_at_pairs(teacher, student, cfg.loss.at_layers, cfg.teacher.model, name)
     stage_cfg = {"model": name, "optim": fingerprint_settings(cfg.student.__dict__, "student."), "configuration": configuration, "seed": seed,
                  "loss": cfg.loss.__dict__ if (use_kd or use_at) else None, "overlay": cfg.overlay.__dict__ if use_ig else None,
-                 "ig": fingerprint_settings(cfg.ig.__dict__, "ig.") if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
+                 "ig": fingerprint_settings(_ig_settings_of_maps(cfg), "ig.") if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
                  "teacher_outputs": cfg.teacher_outputs if use_kd else None, "split": _split_digest(data),
                  "train_rows": tensor_digest(data.train_index), "maps": tensor_digest(ig_maps) if use_ig else None,
                  "precision": precision, **_augment_key(cfg)}
@@ -310,7 +332,17 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
     if dist_info.is_main:
         save_config(cfg, run.config)
     t0 = time.perf_counter()
+    load_start = load_average()
+    stage_seconds: dict[str, float] = {}
+    clock = [t0]
+
+    def lap(stage: str) -> None:  # wall seconds since the previous lap, under the stage's name
+        now = time.perf_counter()
+        stage_seconds[stage] = round(now - clock[0], 1)
+        clock[0] = now
+
     data = prepare_data(cfg)
+    lap("data")
     print(f"data: {data.description}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test "
           f"at {data.image_size} px; device {device}, precision {precision}, world size {dist_info.world_size}")
     if data.skipped:
@@ -328,9 +360,11 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
                          "skipped_images": len(data.skipped or [])},
                "teacher_outputs": cfg.teacher_outputs if cfg.teacher_outputs == "online" else CACHED_LOGITS_NOTE}
     summary["teacher"] = teacher_result(cfg, run, teacher, data, device)
+    lap("teacher")
     if stages == ["teacher"]:
         return summary
     maps = prepare_ig_maps(cfg, run, teacher, data, device) if "ig" in stages else None
+    lap("ig")
     if save_examples and maps is not None and dist_info.is_main:
         from toolkit.attribution.examples import save_overlay_examples
 
@@ -341,12 +375,22 @@ def run_distill(cfg: RunConfig, run_name: str | None = None, runs_dir: str | Pat
         print(f"--save-examples: no picture written: no IG maps in this run (configuration {configuration})")
     if "student" in stages:
         summary["student"] = _public(train_student(cfg, data, teacher, maps, root, "student", device), "student")
+        lap("student")
     if "baseline" in stages and cfg.baseline and configuration != "Student":
         summary["baseline"] = _public(train_student(cfg, data, None, None, root, "baseline", device, configuration="Student"),
                                       "baseline")
+        lap("baseline")
     if "student" in summary:
         summary["compression_factor"] = round(summary["teacher"]["params"] / summary["student"]["params"], 2)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    model, flags = cpu_model_and_flags()
+    summary["timing"] = {
+        "stage_seconds": stage_seconds,
+        "note": "wall seconds of this call per stage (a stage reused from an earlier call counts only its check); "
+                "teacher includes its test evaluation, student and baseline their per-epoch validation and final test",
+        "cpu": model, "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
+        "torch_threads": torch.get_num_threads(), "world_size": dist_info.world_size, "torch": torch.__version__,
+        "load_average_start": load_start, "load_average_end": load_average()}
     summary["comparison"] = compare_roles(summary)
     if CONFIGURATIONS[configuration][0]:
         summary["loss_note"] = LOSS_NOTE.format(T=cfg.loss.temperature, T2=cfg.loss.temperature ** 2)

@@ -60,4 +60,11 @@ def print_table(summary: dict) -> None:
         print(line)
     if summary.get("loss_note"):
         print(f"note: {summary['loss_note']}")
+    timing = summary.get("timing")
+    if timing:
+        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in timing["stage_seconds"].items())
+        load = timing.get("load_average_start"), timing.get("load_average_end")
+        print(f"wall time: {summary['seconds'] / 60:.1f} min ({stages}; minutes) on {timing['cpu']}, "
+              f"{timing['torch_threads']} threads x {timing['world_size']} process(es); load average (1 min) "
+              f"{load[0][0] if load[0] else '?'} at start, {load[1][0] if load[1] else '?'} at end")
     print(f"written: {summary['run_dir']}/summary.json")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from edgecommon.hashing import fingerprint, sha256_hex, tensor_digest
 from toolkit import ToolkitError
-from toolkit.attribution.ig import compute_ig_maps
+from toolkit.attribution.ig import choose_ig_rows, compute_ig_maps
 from toolkit.attribution.steps import CANDIDATE_STEPS, REFERENCE_STEPS, choose_ig_steps
 from toolkit.config import IGConfig
 from toolkit.io import atomic_write_bytes, atomic_write_json
@@ -143,12 +143,16 @@ def _read_meta(cache_dir: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
+COMPLETENESS_RULE = "error <= max(tolerance, reference error)"
+"""How ``choose_ig_steps`` bounds the completeness error (a choice recorded under another rule is searched again)."""
+
+
 def auto_search_settings(cfg: IGConfig, precision: str) -> dict:
     """What an ``ig.steps=auto`` choice depends on besides the teacher and data (which the fingerprint covers)."""
     return {"sample": cfg.auto_sample, "seed": cfg.auto_seed, "tolerance": cfg.auto_tolerance,
             "min_corr": cfg.auto_min_corr, "candidates": list(CANDIDATE_STEPS), "reference_steps": REFERENCE_STEPS,
             "method": cfg.method, "baseline": cfg.baseline, "target": cfg.target, "store_dtype": cfg.store_dtype,
-            "precision": precision}
+            "precision": precision, "completeness_rule": COMPLETENESS_RULE}
 
 
 def resolve_ig_steps(cache_dir: Path, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: IGConfig,
@@ -259,6 +263,11 @@ def load_or_compute_ig_maps(
     bounds = [(s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
     chunks: list[torch.Tensor | None] = [_read_chunk(chunk_path(cache_dir, k), index[s:e], dtype) for k, (s, e) in enumerate(bounds)]
     todo = [k for k, c in enumerate(chunks) if c is None]
+    if todo and "max_rows" not in ig_kwargs:
+        rows = choose_ig_rows(teacher, images[bounds[todo[0]][0]:], labels[bounds[todo[0]][0]:], cfg, device, precision)
+        if rows.how != "default" and _rank() == 0:
+            print(rows.describe(), flush=True)
+        ig_kwargs = {**ig_kwargs, "max_rows": rows.rows}
     bar = None
     if todo and progress and _rank() == 0:
         done = n - sum(bounds[k][1] - bounds[k][0] for k in todo)

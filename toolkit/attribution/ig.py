@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -27,8 +29,14 @@ from toolkit.config import IGConfig
 from toolkit.device import autocast
 
 DEFAULT_MAX_ROWS = {"cpu": 32, "cuda": 4096}
-"""Most interpolated rows (images x steps) per forward/backward pass, by device type. On CPU small passes stay in
-cache: MobileNetV2-CIFAR bf16 on the 2-core EPYC ran 8.5 img/s at 32 rows, 7.8 at 64, 5.6 at 200, ~1.7 at 800."""
+"""Most interpolated rows (images x steps) per forward/backward pass, by device type, when ``ig.rows`` is not timed.
+On CPU small passes stay in cache: MobileNetV2-CIFAR bf16 on the 2-core EPYC ran 8.5 img/s at 32 rows, 7.8 at 64,
+5.6 at 200, ~1.7 at 800."""
+CPU_ROWS_CANDIDATES = (32, 64, 128)
+"""``ig.rows=auto`` on CPU times these pass sizes. 2-core EPYC, bf16, 16 steps, 2 threads: MobileNetV2-CIFAR 22.0 /
+21.7 / 17.5 img/s, ResNet-56 31.6 / 34.6 / 36.5, ResNet-20 73 / 90 / 96 (so no single size suits every teacher)."""
+MIN_BATCHES_TO_TIME = 50
+"""``ig.rows=auto`` times pass sizes only when at least this many IG batches follow (the probe costs about seven)."""
 
 
 def ig_baseline(teacher: nn.Module, baseline: str) -> torch.Tensor:
@@ -171,6 +179,57 @@ def ig_attributions(
     return delta * grad_sum
 
 
+@dataclass(frozen=True)
+class RowsChoice:
+    """The IG pass size (``max_rows``) and how it was chosen: ``set`` (``ig.rows``), ``default``
+    (``DEFAULT_MAX_ROWS``: not CPU, a small job, or several processes) or ``timed`` (fastest candidate)."""
+
+    rows: int
+    how: str
+    seconds_per_image: dict[int, float] = field(default_factory=dict)
+    """``timed``: best of two timings per candidate, seconds per image, keyed by rows."""
+
+    def describe(self) -> str:
+        if self.how != "timed":
+            return f"IG pass size: {self.rows} rows ({'ig.rows' if self.how == 'set' else 'default for the device'})"
+        times = ", ".join(f"{r} rows {1 / t:.1f} img/s" for r, t in self.seconds_per_image.items())
+        return f"IG pass size: {self.rows} rows, the fastest on this machine ({times})"
+
+
+def choose_ig_rows(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: IGConfig,
+                   device: torch.device, precision: str) -> RowsChoice:
+    """Resolve ``cfg.rows`` for an IG computation over ``images`` (uint8 (N, 3, H, W)) with ``cfg.steps`` (a number).
+
+    ``auto`` on CPU, in one process, with at least ``MIN_BATCHES_TO_TIME`` batches of ``cfg.batch_size`` images:
+    computes the first batch's maps once to warm up, then twice at each size of ``CPU_ROWS_CANDIDATES`` (sizes that
+    give the same passes for this batch and step count are timed once) and keeps the fastest. Otherwise the device
+    default. A set number is returned as is."""
+    if cfg.rows != "auto":
+        if not isinstance(cfg.rows, int) or isinstance(cfg.rows, bool) or cfg.rows < 1:
+            raise ToolkitError(f"ig.rows must be a whole number >= 1 or auto, got {cfg.rows!r}")
+        return RowsChoice(int(cfg.rows), "set")
+    default = DEFAULT_MAX_ROWS.get(device.type, 256)
+    b = max(1, min(cfg.batch_size, images.shape[0]))
+    if (device.type != "cpu" or _rank_world()[1] > 1 or not isinstance(cfg.steps, int)
+            or images.shape[0] < MIN_BATCHES_TO_TIME * b):
+        return RowsChoice(default, "default")
+    by_passes: dict[int, int] = {}  # steps per pass -> the smallest candidate giving it
+    for rows in CPU_ROWS_CANDIDATES:
+        by_passes.setdefault(min(cfg.steps, max(1, rows // b)), rows)
+    if len(by_passes) == 1:
+        return RowsChoice(default, "default")
+    x, y = images[:b], labels[:b]
+    run = lambda rows: compute_ig_maps(teacher, x, y, cfg, device, precision, progress=False, max_rows=rows)  # noqa: E731
+    run(min(by_passes.values()))  # warm-up: first-call allocations and kernel choices
+    best: dict[int, float] = {}
+    for _ in range(2):
+        for rows in by_passes.values():
+            t0 = time.perf_counter()
+            run(rows)
+            best[rows] = min(best.get(rows, math.inf), (time.perf_counter() - t0) / b)
+    return RowsChoice(min(best, key=best.get), "timed", dict(sorted(best.items())))
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -208,7 +267,8 @@ def compute_ig_maps(
     ``images``: uint8 (N, 3, H, W) in dataset order (no augmentation); ``labels``: int64 (N,).
     Target is the true label (``cfg.target == "label"``) or the teacher's fp32 top-1 (``"pred"``).
     ``cfg.batch_size`` images are processed together, in passes of up to ``max_rows`` interpolated rows
-    (default ``DEFAULT_MAX_ROWS`` for the device type). Under torch.distributed
+    (default: ``cfg.rows`` when a number, else ``DEFAULT_MAX_ROWS`` for the device type; ``choose_ig_rows`` times
+    the sizes, as ``load_or_compute_ig_maps`` does before a large computation). Under torch.distributed
     each rank computes a contiguous share and the maps are all-gathered. ``pbar``: an outer tqdm to advance
     instead of opening one. ``cast``: for bf16/fp16 run a model copy cast to that dtype instead of autocast
     (default False: autocast was as fast on CPU and closer to fp32: map correlation 0.997 vs 0.992 on ResNet-56).
@@ -228,7 +288,9 @@ def compute_ig_maps(
         raise ToolkitError("ig.steps and ig.batch_size must be >= 1")
     autocast(device, precision)  # validates precision for the device (one-line error)
     if max_rows is None:
-        max_rows = DEFAULT_MAX_ROWS.get(device.type, 256)
+        max_rows = cfg.rows if cfg.rows != "auto" else DEFAULT_MAX_ROWS.get(device.type, 256)
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+        raise ToolkitError(f"ig.rows must be a whole number >= 1 or auto, got {max_rows!r}")
     weights, alphas = quadrature(cfg.method, cfg.steps)
     baseline = ig_baseline(teacher, cfg.baseline)
 

@@ -5,7 +5,8 @@ equal ``F(x) - F(baseline)`` for the target logit (captum's convergence delta is
 of training images (``ig.auto_sample``, ``ig.auto_seed``) a ``REFERENCE_STEPS``-step reference is computed (signed
 attributions and the maps as the cache stores them); then ``CANDIDATE_STEPS`` are tried in increasing order and the
 first whose mean relative completeness error ``|sum(attr) - (F(x) - F(b))| / |F(x) - F(b)|`` is at most
-``ig.auto_tolerance`` *and* whose maps correlate at least ``ig.auto_min_corr`` (mean per-image Pearson) with the
+``ig.auto_tolerance`` (or the reference's own error, when that is larger: no count can be asked to be more complete
+than the reference it replaces, whose error at low precision is partly rounding) *and* whose maps correlate at least ``ig.auto_min_corr`` (mean per-image Pearson) with the
 reference maps is chosen; when none qualifies, ``REFERENCE_STEPS``. See docs/method-choices.md.
 """
 
@@ -51,6 +52,8 @@ class StepChoice:
     sample_size: int = 0
     sample_seed: int = 0
     tolerance: float = 0.05
+    completeness_bound: float = 0.05
+    """The completeness error a count had to meet: max(tolerance, the reference's own error)."""
     min_corr: float = 0.99
     fell_back: bool = False
     delta_f_floor: float = 0.0
@@ -65,9 +68,12 @@ class StepChoice:
     def line(self) -> str:
         tried = ", ".join(f"{c.steps}: err {c.completeness_error:.3g} corr {c.correlation:.4f}" for c in self.candidates)
         saved = "" if self.estimated_seconds_saved is None else f"; saves about {self.estimated_seconds_saved / 60:.1f} min"
-        head = (f"IG steps=auto: no count met completeness error <= {self.tolerance:g} and map correlation >= "
+        bound = f"{self.completeness_bound:.3g}" + (
+            f" (the {self.reference_steps}-step reference's own error, above the {self.tolerance:g} tolerance)"
+            if self.completeness_bound > self.tolerance else "")
+        head = (f"IG steps=auto: no count met completeness error <= {bound} and map correlation >= "
                 f"{self.min_corr:g}, using {self.steps}" if self.fell_back else
-                f"IG steps=auto: chose {self.steps} steps (completeness error <= {self.tolerance:g}, map correlation >= "
+                f"IG steps=auto: chose {self.steps} steps (completeness error <= {bound}, map correlation >= "
                 f"{self.min_corr:g} vs {self.reference_steps} steps)")
         return f"{head} on {self.sample_size} images [{tried}]{saved}"
 
@@ -152,10 +158,13 @@ def choose_ig_steps(teacher: nn.Module, images: torch.Tensor, labels: torch.Tens
     signed_ig(model, x[:1], target[:1], baseline, 1, cfg.method, precision, max_rows, 1)  # warm-up, not timed
     ref_attr, ref_maps, ref_seconds = run(reference_steps)
     floor = max(1e-12, 0.01 * float(delta_f.abs().median()))
+    ref_error = float(completeness_error(ref_attr, delta_f, floor).mean())
+    bound = max(float(cfg.auto_tolerance), ref_error)
     choice = StepChoice(steps=reference_steps, reference_steps=reference_steps, delta_f_floor=floor,
-                        reference_completeness_error=float(completeness_error(ref_attr, delta_f, floor).mean()),
+                        reference_completeness_error=ref_error,
                         reference_seconds=ref_seconds, sample_size=int(rows.numel()), sample_seed=int(cfg.auto_seed),
-                        tolerance=float(cfg.auto_tolerance), min_corr=float(cfg.auto_min_corr), fell_back=True)
+                        tolerance=float(cfg.auto_tolerance), completeness_bound=bound, min_corr=float(cfg.auto_min_corr),
+                        fell_back=True)
     for steps in sorted(set(int(s) for s in candidates)):
         if steps > reference_steps:
             break
@@ -165,7 +174,7 @@ def choose_ig_steps(teacher: nn.Module, images: torch.Tensor, labels: torch.Tens
             attr, maps, seconds = run(steps)
         err = float(completeness_error(attr, delta_f, floor).mean())
         corr = float(map_correlation(maps, ref_maps).mean())
-        ok = err <= cfg.auto_tolerance and corr >= cfg.auto_min_corr
+        ok = err <= bound and corr >= cfg.auto_min_corr
         choice.candidates.append(Candidate(steps, err, corr, seconds, ok))
         if ok:
             choice.steps, choice.fell_back = steps, False
