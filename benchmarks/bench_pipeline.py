@@ -569,6 +569,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if min(args.threads, args.train_images, args.ig_images, args.repeats) < 1:
         raise ToolkitError("--threads, --train-images, --ig-images and --repeats must be >= 1")
+    distill = distill_run_timing(Path(args.distill_run)) if args.distill_run else None  # bad folder: fail first
     teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
     ig_rows = [int(r) for r in args.ig_rows.split(",") if r.strip()]
     get_spec(args.model)
@@ -651,8 +652,8 @@ def _run(args: argparse.Namespace) -> int:
                                      "rows": rows}
         _write_partial(args, result, t_start)
 
-    if args.distill_run:
-        result["distill"] = distill_run_timing(Path(args.distill_run))
+    if distill is not None:
+        result["distill"] = distill
         _write_partial(args, result, t_start)
 
     if "ig" not in args.skip:
