@@ -147,7 +147,7 @@ class IGConfig:
     rows: int | str = "auto"
     """Most interpolated rows (images x steps) per forward/backward pass, or ``auto``: on CPU the fastest of 32, 64
     and 128 rows, timed on the first images before a large computation (the best size depends on the teacher and
-    the thread count: MobileNetV2-CIFAR ran best at 32-64 rows, ResNet-56 at 128 on 2 threads); 4096 on CUDA.
+    the thread count, see ``toolkit.attribution.ig.CPU_ROWS_CANDIDATES``); 4096 on CUDA.
     Changes speed only (the maps differ by float rounding), so it is not part of the IG cache fingerprint."""
     chunk_size: int = 1024
     """Images per saved chunk: an interrupted precomputation resumes after the last finished chunk."""

@@ -33,8 +33,9 @@ DEFAULT_MAX_ROWS = {"cpu": 32, "cuda": 4096}
 On CPU small passes stay in cache: MobileNetV2-CIFAR bf16 on the 2-core EPYC ran 8.5 img/s at 32 rows, 7.8 at 64,
 5.6 at 200, ~1.7 at 800."""
 CPU_ROWS_CANDIDATES = (32, 64, 128)
-"""``ig.rows=auto`` on CPU times these pass sizes. 2-core EPYC, bf16, 16 steps, 2 threads: MobileNetV2-CIFAR 22.0 /
-21.7 / 17.5 img/s, ResNet-56 31.6 / 34.6 / 36.5, ResNet-20 73 / 90 / 96 (so no single size suits every teacher)."""
+"""``ig.rows=auto`` on CPU times these pass sizes. The best one moves with the teacher, steps, batch and threads
+(2-core EPYC, bf16, 2 threads: 128 rows gave 1.10x over 32 for MobileNetV2-CIFAR and 1.19x for ResNet-56 at 50 steps
+in reports/pipeline/bench-pipeline.md; 37.1 vs 32.9 img/s for ResNet-56 at 16 steps in the cpu run's own probe)."""
 MIN_BATCHES_TO_TIME = 50
 """``ig.rows=auto`` times pass sizes only when at least this many IG batches follow (the probe costs about seven)."""
 
