@@ -41,6 +41,9 @@ def test_config_key_default_values_and_fingerprints():
     # any other value is part of them
     assert "compile" not in fingerprint_settings({"compile": RunConfig().compile})
     assert fingerprint_settings({"compile": "on"}) == {"compile": "on"}
+    # a speed-only setting never enters a fingerprint, whatever its value
+    assert fingerprint_settings({"rows": 128, "steps": 16}, "ig.") == {"steps": 16}
+    assert fingerprint_settings({"ig.rows": "auto"}) == {}
 
 
 def test_auto_means_off_where_not_measured_to_gain():

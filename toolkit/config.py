@@ -148,7 +148,7 @@ class IGConfig:
     """Most interpolated rows (images x steps) per forward/backward pass, or ``auto``: on CPU the fastest of 32, 64
     and 128 rows, timed on the first images before a large computation (the best size depends on the teacher and
     the thread count, see ``toolkit.attribution.ig.CPU_ROWS_CANDIDATES``); 4096 on CUDA.
-    Changes speed only (the maps differ by float rounding), so it is not part of the IG cache fingerprint."""
+    Changes speed only (the maps differ by float rounding), so it is in no fingerprint (``SPEED_ONLY_SETTINGS``)."""
     chunk_size: int = 1024
     """Images per saved chunk: an interrupted precomputation resumes after the last finished chunk."""
     store_dtype: str = "float16"
@@ -252,7 +252,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "data.test_size": 0.1, "data.skip_bad": False, "data.cache_dir": None, "data.in_memory": "auto",
     "data.augment": "auto", "data.padding": None, "data.rrc_scale_min": 0.25,
     "teacher.pretrained": False, "student.pretrained": False, "teacher.reset_head": False, "teacher.trust_pickle": False,
-    "ig.auto_sample": 32, "ig.auto_seed": 0, "ig.auto_tolerance": 0.05, "ig.auto_min_corr": 0.99, "ig.rows": "auto",
+    "ig.auto_sample": 32, "ig.auto_seed": 0, "ig.auto_tolerance": 0.05, "ig.auto_min_corr": 0.99,
     "compile": "auto",
 }
 """Settings added after runs and studies were first recorded, with the value that means "not used" (the behaviour
@@ -261,12 +261,20 @@ Fingerprints leave a key out while it holds that value, so finished runs, IG cac
 the key existed are still recognised; any other value is part of the fingerprint (``fingerprint_settings``)."""
 
 
+SPEED_ONLY_SETTINGS = frozenset({"ig.rows"})
+"""Settings that change only speed (results differ by float rounding at most): never part of a fingerprint, so
+changing one neither refuses nor retrains anything."""
+
+
 def fingerprint_settings(values: dict, prefix: str = "") -> dict:
     """``values`` (a config section as a dict with ``prefix`` such as "ig.", or the flat ``a.b`` form with prefix "")
-    less the ``ADDED_SETTINGS`` that hold their "not used" value: what run, stage and study fingerprints hash."""
+    less the ``SPEED_ONLY_SETTINGS`` and the ``ADDED_SETTINGS`` that hold their "not used" value: what run, stage and
+    study fingerprints hash."""
     out = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
+        if name in SPEED_ONLY_SETTINGS:
+            continue
         if name in ADDED_SETTINGS and value == ADDED_SETTINGS[name] and type(value) is type(ADDED_SETTINGS[name]):
             continue
         out[key] = value

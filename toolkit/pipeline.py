@@ -227,11 +227,6 @@ def cached_teacher_logits(teacher: nn.Module, data: PreparedData, device: torch.
     return predict_logits(teacher, data.train.images, device=device, precision=precision)
 
 
-def _ig_settings_of_maps(cfg: RunConfig) -> dict:
-    """``cfg.ig`` less the settings that change only speed (``rows``): what a student's stage fingerprint hashes."""
-    return {k: v for k, v in cfg.ig.__dict__.items() if k != "rows"}
-
-
 def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None, ig_maps: torch.Tensor | None,
                   out_dir: Path, role: str = "student", device: torch.device | None = None,
                   configuration: str | None = None, seed: int | None = None, progress: bool | None = None,
@@ -264,7 +259,7 @@ def train_student(cfg: RunConfig, data: PreparedData, teacher: nn.Module | None,
         at_layers = resolve_at_pairs(teacher, student, cfg.loss.at_layers, cfg.teacher.model, name)
     stage_cfg = {"model": name, "optim": fingerprint_settings(cfg.student.__dict__, "student."), "configuration": configuration, "seed": seed,
                  "loss": cfg.loss.__dict__ if (use_kd or use_at) else None, "overlay": cfg.overlay.__dict__ if use_ig else None,
-                 "ig": fingerprint_settings(_ig_settings_of_maps(cfg), "ig.") if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
+                 "ig": fingerprint_settings(cfg.ig.__dict__, "ig.") if use_ig else None, "teacher": state_digest(teacher) if (use_kd or use_at) else None,
                  "teacher_outputs": cfg.teacher_outputs if use_kd else None, "split": _split_digest(data),
                  "train_rows": tensor_digest(data.train_index), "maps": tensor_digest(ig_maps) if use_ig else None,
                  "precision": precision, **_augment_key(cfg)}
